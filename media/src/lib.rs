@@ -1,0 +1,37 @@
+//! The media bus: everything media meets here.
+//!
+//! A [`Bus`] holds live [`Broadcast`](BroadcastConsumer)s by [`ChannelName`]. A broadcast holds
+//! named tracks; a track is a sequence of groups, each starting at a decodable point (a video
+//! keyframe, or about a second of audio), each holding [`Frame`]s. Producers write, any number of
+//! consumers read:
+//!
+//! - payloads are [`bytes::Bytes`], never copied on fan-out;
+//! - a new consumer starts at the start of the latest group, so a viewer gets a picture at once;
+//! - a slow consumer skips to the newest group instead of growing a queue: memory per track is
+//!   bounded by [`TrackLimits`], never by the number or speed of consumers.
+//!
+//! The model mirrors MoQ's (broadcast > track > group > frame) so the relay can map it 1:1.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod bitstream;
+mod broadcast;
+mod bus;
+mod codec;
+mod frame;
+mod name;
+mod track;
+
+pub use broadcast::{BroadcastConsumer, BroadcastProducer};
+pub use bus::{Bus, BusError, LiveBroadcast};
+pub use codec::{AudioCodec, Codec, VideoCodec};
+pub use frame::Frame;
+pub use name::{ChannelName, InvalidName};
+pub use track::{TrackConsumer, TrackLimits, TrackProducer, TrackStats};
+
+/// Well-known track names.
+pub mod tracks {
+    /// The main video track (H.264 Annex B for now).
+    pub const VIDEO: &str = "video";
+    /// Opus audio at 48 kHz, what browsers play over WebRTC.
+    pub const AUDIO_OPUS: &str = "audio.opus";
+}
