@@ -1,1 +1,27 @@
-fn main() {}
+//! `starling`: the one binary. Thin: parse the CLI, load config, start components, shut down.
+
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Starling: a live-media cluster. Streamers push RTMP; viewers watch in a browser over WebRTC.
+#[derive(Parser)]
+#[command(name = "starling", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process (RTMP ingest, WebRTC SFU, HTTP player and API).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+    }
+}

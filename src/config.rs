@@ -1,0 +1,103 @@
+//! The configuration file: TOML first, then `STARLING_*` environment variables
+//! (`STARLING_HTTP__LISTEN=0.0.0.0:9090`), then command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// Everything `starling serve` reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener: player, WHEP, API, health.
+    pub http: HttpConfig,
+    /// RTMP ingest.
+    pub rtmp: ingest::RtmpConfig,
+    /// WebRTC media.
+    pub webrtc: sfu::WebRtcConfig,
+    /// Memory limits of each track on the media bus.
+    pub bus: media::TrackLimits,
+    /// The host name clients use to reach this node (used in printed URLs).
+    pub public_host: Option<String>,
+    /// Channels allowed to publish, with their keys. Empty: anyone may publish any name.
+    pub channels: BTreeMap<String, ingest::ChannelConfig>,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+    }
+}
+
+const SECTIONS: [&str; 6] = ["http", "rtmp", "webrtc", "bus", "public_host", "channels"];
+
+impl Config {
+    /// Loads `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        // Only keys of known sections, so unrelated STARLING_* variables are not errors.
+        let env = Env::prefixed("STARLING_")
+            .split("__")
+            .filter(|key| SECTIONS.iter().any(|s| key.as_str().split('.').next() == Some(*s)));
+        figment.merge(env).extract().context("invalid configuration")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_file() {
+        figment::Jail::expect_with(|_| {
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.http.listen.port(), 8080);
+            assert_eq!(c.rtmp.listen.port(), 1935);
+            assert_eq!(c.webrtc.listen.port(), 8189);
+            assert!(c.channels.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "[http]\nlisten = \"127.0.0.1:1\"\n[channels.alice]\nkey = \"k\"\n",
+            )?;
+            jail.set_env("STARLING_HTTP__LISTEN", "127.0.0.1:2");
+            jail.set_env("STARLING_UNRELATED", "x");
+            let c = Config::load(Some(Path::new("s.toml"))).unwrap();
+            assert_eq!(c.http.listen.port(), 2);
+            assert!(c.channels.contains_key("alice"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")?;
+            assert!(Config::load(Some(Path::new("s.toml"))).is_err());
+            Ok(())
+        });
+    }
+}
