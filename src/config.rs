@@ -38,7 +38,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
     }
 }
 
@@ -49,14 +51,23 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::new();
         if let Some(file) = file {
-            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
             figment = figment.merge(Toml::file(file));
         }
         // Only keys of known sections, so unrelated STARLING_* variables are not errors.
-        let env = Env::prefixed("STARLING_")
-            .split("__")
-            .filter(|key| SECTIONS.iter().any(|s| key.as_str().split('.').next() == Some(*s)));
-        figment.merge(env).extract().context("invalid configuration")
+        let env = Env::prefixed("STARLING_").split("__").filter(|key| {
+            SECTIONS
+                .iter()
+                .any(|s| key.as_str().split('.').next() == Some(*s))
+        });
+        figment
+            .merge(env)
+            .extract()
+            .context("invalid configuration")
     }
 }
 

@@ -1,1 +1,380 @@
-//! interop-tests
+//! Harness for end-to-end tests: starts the real `starling` binary on free ports, pushes with
+//! ffmpeg, watches with headless Chromium over WebDriver. Every child process is killed on drop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The `starling` binary built by `cargo build` (or `$STARLING_BIN`).
+pub fn starling_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("STARLING_BIN") {
+        return bin.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/starling")
+}
+
+fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free tcp port")
+}
+
+fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// A running `starling serve` on loopback.
+pub struct Server {
+    child: Child,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// RTMP address.
+    pub rtmp: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts a server with an optional TOML config body.
+    pub fn start(config: Option<&str>) -> Result<Self> {
+        let bin = starling_bin();
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run `cargo build` first (scripts/test does)",
+            bin.display()
+        );
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
+        let rtmp: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
+        let webrtc = format!("127.0.0.1:{}", free_udp());
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "serve",
+            "--http",
+            &http.to_string(),
+            "--rtmp",
+            &rtmp.to_string(),
+            "--webrtc",
+            &webrtc,
+        ]);
+        if let Some(config) = config {
+            let path = std::env::temp_dir().join(format!(
+                "starling-test-{}-{}.toml",
+                std::process::id(),
+                http.port()
+            ));
+            std::fs::write(&path, config)?;
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug")
+            .env("NO_COLOR", "1");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn starling")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        let server = Self {
+            child,
+            http,
+            rtmp,
+            log,
+        };
+        server
+            .wait_for(Duration::from_secs(20), || {
+                Ok(server.get("/healthz")?.0 == 200)
+            })
+            .context("server did not become healthy")?;
+        Ok(server)
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `rtmp://.../live/{key}`.
+    pub fn rtmp_url(&self, stream_key: &str) -> String {
+        format!("rtmp://{}/live/{}", self.rtmp, stream_key)
+    }
+
+    /// `http://.../{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// A GET; returns status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        http(self.http, "GET", path, None, "")
+    }
+
+    /// A POST with a content type; returns status and body.
+    pub fn post(&self, path: &str, content_type: &str, body: &str) -> Result<(u16, String)> {
+        http(self.http, "POST", path, Some(content_type), body)
+    }
+
+    /// The channel's API entry, if live.
+    pub fn channel(&self, name: &str) -> Result<Option<Value>> {
+        let (status, body) = self.get(&format!("/api/channels/{name}"))?;
+        Ok(if status == 200 {
+            Some(serde_json::from_str(&body)?)
+        } else {
+            None
+        })
+    }
+
+    /// Polls `check` every 100 ms until it is true or `limit` passes.
+    pub fn wait_for(&self, limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(true) = check() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "condition not met within {limit:?}; server log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request over loopback (`Connection: close`).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// An ffmpeg process pushing a generated test stream over RTMP.
+pub struct Ffmpeg {
+    child: Child,
+}
+
+impl Ffmpeg {
+    /// Pushes `testsrc2` + `sine` as H.264 (with `x264_args`) + AAC to `url`, in real time.
+    pub fn push_rtmp(url: &str, x264_args: &[&str]) -> Result<Self> {
+        let mut args: Vec<&str> = vec![
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+        ];
+        args.extend_from_slice(x264_args);
+        args.extend_from_slice(&["-c:a", "aac", "-b:a", "96k", "-t", "120", "-f", "flv", url]);
+        let child = Command::new("ffmpeg")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn ffmpeg (scripts/test installs it)")?;
+        Ok(Self { child })
+    }
+
+    /// Waits up to `limit` for ffmpeg to exit; returns its success and stderr.
+    pub fn wait_exit(mut self, limit: Duration) -> Result<(bool, String)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    e.read_to_string(&mut err)?;
+                }
+                return Ok((status.success(), err));
+            }
+            if Instant::now() > deadline {
+                bail!("ffmpeg still running after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops pushing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Ffmpeg {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Headless Chromium driven over WebDriver, with the flags DESIGN.md section 6 lists.
+pub struct Browser {
+    driver: Child,
+    /// The WebDriver client.
+    pub client: fantoccini::Client,
+    profile: PathBuf,
+}
+
+impl Browser {
+    /// Starts chromedriver and a fresh Chromium.
+    pub async fn start() -> Result<Self> {
+        let port = free_tcp();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn chromedriver (scripts/test installs chromium-driver)")?;
+        let profile =
+            std::env::temp_dir().join(format!("starling-chromium-{}-{port}", std::process::id()));
+        let args = [
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--no-first-run".to_owned(),
+            "--allow-loopback-in-peer-connection".to_owned(),
+            "--disable-features=WebRtcHideLocalIpsWithMdns".to_owned(),
+            "--use-fake-device-for-media-stream".to_owned(),
+            "--use-fake-ui-for-media-stream".to_owned(),
+            "--autoplay-policy=no-user-gesture-required".to_owned(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let caps = serde_json::json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },
+        });
+        let caps = caps.as_object().cloned().context("caps")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match fantoccini::ClientBuilder::rustls()?
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(err) if Instant::now() > deadline => {
+                    bail!("cannot start Chromium via chromedriver: {err}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Ok(Self {
+            driver,
+            client,
+            profile,
+        })
+    }
+
+    /// Ends the browser session (Chromium exits), then chromedriver.
+    pub async fn close(self) -> Result<()> {
+        self.client.clone().close().await?;
+        Ok(())
+    }
+
+    /// Runs `script` (which must `return` a value) in the page.
+    pub async fn eval(&self, script: &str) -> Result<Value> {
+        Ok(self.client.execute(script, vec![]).await?)
+    }
+
+    /// The player's state: `window.starling` with inbound video and audio stats.
+    pub async fn player(&self) -> Result<Value> {
+        self.eval("const s = window.starling || {}; return JSON.parse(JSON.stringify({state: s.state, ttffMs: s.ttffMs, sessions: s.sessions, video: s.video || null, audio: s.audio || null}));").await
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// A number from a JSON path like `video.framesDecoded`, or 0.
+pub fn num(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0)
+}

@@ -47,6 +47,18 @@ impl BroadcastShared {
     pub(crate) fn track_names(&self) -> Vec<String> {
         self.lock().tracks.keys().cloned().collect()
     }
+
+    pub(crate) fn track_infos(&self) -> Vec<crate::TrackInfo> {
+        let tracks: Vec<_> = self.lock().tracks.values().cloned().collect();
+        tracks
+            .iter()
+            .map(|t| crate::TrackInfo {
+                name: t.name().to_owned(),
+                codec: t.codec().map(|c| c.describe()),
+                latest_group: t.latest_group(),
+            })
+            .collect()
+    }
 }
 
 /// Publishes one broadcast on the bus. Dropping it ends the broadcast and frees the name.

@@ -16,6 +16,17 @@ pub enum BusError {
     AlreadyLive(ChannelName),
 }
 
+/// A track as listed by [`Bus::live`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrackInfo {
+    /// The track's name.
+    pub name: String,
+    /// Its codec, e.g. `H.264 High@4.1`, once known.
+    pub codec: Option<String>,
+    /// Sequence number of its latest group (keyframe), if any.
+    pub latest_group: Option<u64>,
+}
+
 /// A live broadcast as listed by [`Bus::live`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LiveBroadcast {
@@ -23,8 +34,8 @@ pub struct LiveBroadcast {
     pub name: ChannelName,
     /// When publishing started.
     pub started: SystemTime,
-    /// Track names.
-    pub tracks: Vec<String>,
+    /// The tracks.
+    pub tracks: Vec<TrackInfo>,
     /// The publisher's notice for viewers, if any.
     pub notice: Option<String>,
 }
@@ -100,7 +111,7 @@ impl Bus {
             .map(|b| LiveBroadcast {
                 name: b.name.clone(),
                 started: b.started,
-                tracks: b.track_names(),
+                tracks: b.track_infos(),
                 notice: b.notice(),
             })
             .collect();

@@ -39,6 +39,17 @@ pub enum AudioCodec {
     },
 }
 
+impl Codec {
+    /// A short human name, e.g. `H.264 High@4.1` or `Opus`.
+    pub fn describe(&self) -> String {
+        match self {
+            Codec::Video(v) => v.describe(),
+            Codec::Audio(AudioCodec::Opus { .. }) => "Opus".to_owned(),
+            Codec::Audio(AudioCodec::Aac { .. }) => "AAC".to_owned(),
+        }
+    }
+}
+
 impl VideoCodec {
     /// A short human name with profile and level, e.g. `H.264 High@4.1`.
     pub fn describe(&self) -> String {

@@ -22,7 +22,7 @@ mod name;
 mod track;
 
 pub use broadcast::{BroadcastConsumer, BroadcastProducer};
-pub use bus::{Bus, BusError, LiveBroadcast};
+pub use bus::{Bus, BusError, LiveBroadcast, TrackInfo};
 pub use codec::{AudioCodec, Codec, VideoCodec};
 pub use frame::Frame;
 pub use name::{ChannelName, InvalidName};

@@ -225,6 +225,11 @@ impl TrackConsumer {
         self.shared.lock().codec.clone()
     }
 
+    /// Sequence number of the track's latest group, if any.
+    pub fn latest_group(&self) -> Option<u64> {
+        self.shared.lock().groups.back().map(|g| g.seq)
+    }
+
     /// This consumer's counters.
     pub fn stats(&self) -> TrackStats {
         self.stats

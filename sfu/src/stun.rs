@@ -6,12 +6,12 @@ const ATTR_USERNAME: u16 = 0x0006;
 const HEADER_LEN: usize = 20;
 
 /// True if `packet` looks like a STUN message (first two bits zero and the magic cookie).
-pub fn is_stun(packet: &[u8]) -> bool {
+pub(crate) fn is_stun(packet: &[u8]) -> bool {
     packet.len() >= HEADER_LEN && packet[0] < 2 && packet[4..8] == MAGIC_COOKIE
 }
 
 /// The local ufrag (before the `:`) of the USERNAME attribute, if `packet` is STUN and has one.
-pub fn local_ufrag(packet: &[u8]) -> Option<&str> {
+pub(crate) fn local_ufrag(packet: &[u8]) -> Option<&str> {
     if !is_stun(packet) {
         return None;
     }

@@ -27,7 +27,7 @@ pub fn router(bus: Bus) -> Router {
 struct ChannelInfo {
     name: ChannelName,
     live_seconds: u64,
-    tracks: Vec<String>,
+    tracks: Vec<media::TrackInfo>,
     notice: Option<String>,
     watch: String,
 }

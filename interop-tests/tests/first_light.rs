@@ -1,0 +1,161 @@
+//! First light: ffmpeg pushes RTMP, headless Chromium watches over WHEP on the player page.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use interop_tests::{num, Browser, Ffmpeg, Server};
+
+/// x264 settings OBS users get with "High" and B-frames off, and a 2 s GOP at 30 fps.
+const HIGH_NO_BFRAMES_2S_GOP: &[&str] = &[
+    "-profile:v",
+    "high",
+    "-bf",
+    "0",
+    "-g",
+    "60",
+    "-keyint_min",
+    "60",
+    "-sc_threshold",
+    "0",
+];
+
+async fn wait_player(
+    browser: &Browser,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = browser.player().await?;
+        if check(&p) {
+            return Ok(p);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{what} not reached in {limit:?}; player: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<()> {
+    let server = Server::start(None)?;
+    let mut ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("alice"), HIGH_NO_BFRAMES_2S_GOP)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("alice")?.is_some())
+    })?;
+
+    let (_, index) = server.get("/")?;
+    assert!(
+        index.contains("/watch/alice"),
+        "index lists the live channel"
+    );
+
+    let browser = Browser::start().await?;
+    browser.client.goto(&server.url("/watch/alice")).await?;
+    let first = wait_player(&browser, Duration::from_secs(30), "video decoded", |p| {
+        num(p, "video.framesDecoded") > 0.0
+    })
+    .await?;
+    let first_audio = wait_player(&browser, Duration::from_secs(10), "audio playing", |p| {
+        num(p, "audio.totalSamplesReceived") > 0.0
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = browser.player().await?;
+    assert!(
+        num(&later, "video.framesDecoded") > num(&first, "video.framesDecoded") + 30.0,
+        "video keeps decoding: {first} -> {later}"
+    );
+    assert!(
+        num(&later, "audio.packetsReceived") > 0.0,
+        "audio packets arrive: {later}"
+    );
+    assert!(
+        num(&later, "audio.totalSamplesReceived")
+            > num(&first_audio, "audio.totalSamplesReceived") + 48_000.0,
+        "audio keeps playing out: {first_audio} -> {later}"
+    );
+    assert_eq!(num(&later, "video.frameWidth"), 640.0);
+    assert!(later["state"] == "live");
+
+    // The publisher leaves: the channel ends for the viewer, cleanly.
+    ffmpeg.kill();
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server.channel("alice")?.is_none())
+    })?;
+    wait_player(&browser, Duration::from_secs(10), "ended state", |p| {
+        p["state"] == "ended"
+    })
+    .await?;
+    assert!(
+        server.log().contains("viewer left"),
+        "the server closed the viewer's session"
+    );
+
+    // It comes back: the page reconnects by itself.
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("alice"), HIGH_NO_BFRAMES_2S_GOP)?;
+    wait_player(&browser, Duration::from_secs(30), "reconnect", |p| {
+        num(p, "sessions") >= 2.0 && num(p, "video.framesDecoded") > 0.0
+    })
+    .await?;
+    browser.close().await
+}
+
+/// A viewer joining mid-GOP gets its first frame from the cached group, not at the next keyframe.
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_joining_mid_gop_decodes_before_the_next_keyframe() -> Result<()> {
+    let server = Server::start(None)?;
+    // A 6 s GOP leaves a wide margin between joining and the next keyframe.
+    let gop = [
+        "-profile:v",
+        "high",
+        "-bf",
+        "0",
+        "-g",
+        "180",
+        "-keyint_min",
+        "180",
+        "-sc_threshold",
+        "0",
+    ];
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("gop"), &gop)?;
+    let group = |server: &Server| -> Result<Option<u64>> {
+        let Some(c) = server.channel("gop")? else {
+            return Ok(None);
+        };
+        let tracks = c["tracks"].as_array().cloned().unwrap_or_default();
+        Ok(tracks
+            .iter()
+            .find(|t| t["name"] == "video")
+            .and_then(|t| t["latest_group"].as_u64()))
+    };
+    server.wait_for(Duration::from_secs(20), || Ok(group(&server)?.is_some()))?;
+    let browser = Browser::start().await?;
+    browser.client.goto(&server.url("/watch/gop")).await?;
+    wait_player(&browser, Duration::from_secs(30), "first viewer", |p| {
+        num(p, "video.framesDecoded") > 0.0
+    })
+    .await?;
+
+    // Join again just after a keyframe, so the next one is a whole GOP away.
+    let start = group(&server)?;
+    server.wait_for(Duration::from_secs(15), || Ok(group(&server)? != start))?;
+    let joined_in = group(&server)?;
+    browser.eval("connect(); return true;").await?;
+    let p = wait_player(
+        &browser,
+        Duration::from_secs(20),
+        "first frame after rejoin",
+        |p| num(p, "sessions") >= 2.0 && num(p, "video.framesDecoded") > 0.0,
+    )
+    .await?;
+    assert_eq!(
+        group(&server)?,
+        joined_in,
+        "first frame decoded only after the next keyframe: {p}"
+    );
+    browser.close().await
+}

@@ -1,0 +1,105 @@
+//! `starling serve`: every role in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// Flags of `starling serve`; each overrides the config file and environment.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (player, WHEP, API, health).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// RTMP listen address.
+    #[arg(long, value_name = "ADDR")]
+    rtmp: Option<SocketAddr>,
+    /// WebRTC media UDP listen address (all viewers share it).
+    #[arg(long, value_name = "ADDR")]
+    webrtc: Option<SocketAddr>,
+    /// Host name clients use to reach this node, shown in the printed URLs.
+    #[arg(long, value_name = "NAME")]
+    public_host: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = Config::load(args.config.as_deref())?;
+    config.http.listen = args.http.unwrap_or(config.http.listen);
+    config.rtmp.listen = args.rtmp.unwrap_or(config.rtmp.listen);
+    config.webrtc.listen = args.webrtc.unwrap_or(config.webrtc.listen);
+    config.public_host = args.public_host.or(config.public_host);
+    tokio::runtime::Runtime::new()?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let publishers = ingest::Publishers::from_config(&config.channels)?;
+    if publishers.is_open() {
+        warn!("no channels configured: publishing is open to any name");
+    }
+    let bus = media::Bus::new(config.bus);
+
+    let http = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("HTTP {}", config.http.listen))?;
+    let rtmp = TcpListener::bind(config.rtmp.listen)
+        .await
+        .with_context(|| format!("RTMP {}", config.rtmp.listen))?;
+    let sfu = sfu::Sfu::start(config.webrtc.clone(), bus.clone()).await?;
+    let (http_addr, rtmp_addr) = (http.local_addr()?, rtmp.local_addr()?);
+
+    let host = config
+        .public_host
+        .clone()
+        .unwrap_or_else(|| display_host(http_addr));
+    println!("Starling is running.");
+    println!(
+        "  OBS server (RTMP):  rtmp://{host}:{}/live   stream key: CHANNEL (or CHANNEL?key=SECRET)",
+        rtmp_addr.port()
+    );
+    println!(
+        "  Watch:              http://{host}:{}/watch/CHANNEL",
+        http_addr.port()
+    );
+    println!("  Channels:           http://{host}:{}/", http_addr.port());
+    println!(
+        "  WebRTC media:       udp {} (candidates {:?})",
+        sfu.local_addr(),
+        sfu.candidates()
+    );
+    info!(http = %http_addr, rtmp = %rtmp_addr, webrtc = %sfu.local_addr(), "listening");
+
+    let ingest = ingest::Ingest::new(bus.clone(), publishers);
+    let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
+    let app = signaling::router(bus).merge(sfu::router(sfu));
+    let http_task = tokio::spawn(async move { axum::serve(http, app).await });
+
+    tokio::select! {
+        r = http_task => r?.context("HTTP server")?,
+        r = rtmp_task => r?,
+        r = tokio::signal::ctrl_c() => { r?; info!("shutting down"); }
+    }
+    Ok(())
+}
+
+/// A host to print: the bound IP, or `localhost` when bound to every interface.
+fn display_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        addr.ip().to_string()
+    }
+}
