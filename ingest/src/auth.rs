@@ -48,9 +48,10 @@ pub enum AuthError {
     /// The stream key does not name a valid channel.
     #[error("stream key does not name a valid channel")]
     BadName,
-    /// The channel is not configured.
-    #[error("channel {0} is not configured")]
-    UnknownChannel(ChannelName),
+    /// The stream key names no configured channel. The name is not kept: a mistyped stream
+    /// key may hold the secret.
+    #[error("stream key names no configured channel")]
+    UnknownChannel,
     /// No key was given for a channel that needs one.
     #[error("no key given for channel {0}")]
     MissingKey(ChannelName),
@@ -117,7 +118,7 @@ impl Publishers {
             return Ok(name);
         }
         let Some(expected) = self.channels.get(&name) else {
-            return Err(AuthError::UnknownChannel(name));
+            return Err(AuthError::UnknownChannel);
         };
         match key {
             None | Some("") => Err(AuthError::MissingKey(name)),
@@ -138,9 +139,11 @@ impl Publishers {
             let key = query.split('&').find_map(|kv| kv.strip_prefix("key="));
             return (channel, key);
         }
-        if let Some((channel, key)) = stream_key.rsplit_once('-') {
+        // The last `-` first; earlier ones too, so keys may contain `-`.
+        for (at, _) in stream_key.rmatch_indices('-') {
+            let channel = &stream_key[..at];
             if ChannelName::new(channel).is_ok_and(|c| self.channels.contains_key(&c)) {
-                return (channel, Some(key));
+                return (channel, Some(&stream_key[at + 1..]));
             }
         }
         (stream_key, None)
@@ -205,9 +208,11 @@ mod tests {
     fn dash_form_splits_at_last_dash_of_a_configured_channel() {
         let p = policy();
         assert_eq!(p.authorize_stream_key("alice-s3cret"), Ok(name("alice")));
+        // Keys may contain `-`: the longest configured prefix wins.
+        assert_eq!(p.authorize_stream_key("bob-tv-k-1"), Ok(name("bob-tv")));
         assert_eq!(
-            p.authorize_stream_key("bob-tv-k-1"),
-            Err(AuthError::UnknownChannel(name("bob-tv-k-1")))
+            p.authorize_stream_key("alice-s3cret-x"),
+            Err(AuthError::WrongKey(name("alice")))
         );
         assert_eq!(p.authorize_stream_key("bob-tv?key=k-1"), Ok(name("bob-tv")));
         assert_eq!(
@@ -216,7 +221,7 @@ mod tests {
         );
         assert_eq!(
             p.authorize_stream_key("carol-x"),
-            Err(AuthError::UnknownChannel(name("carol-x")))
+            Err(AuthError::UnknownChannel)
         );
     }
 
