@@ -7,7 +7,16 @@ use std::time::Duration;
 use anyhow::Result;
 use interop_tests::{Ffmpeg, Server};
 
-const FAST: &[&str] = &["-preset", "ultrafast", "-tune", "zerolatency", "-bf", "0", "-g", "30"];
+const FAST: &[&str] = &[
+    "-preset",
+    "ultrafast",
+    "-tune",
+    "zerolatency",
+    "-bf",
+    "0",
+    "-g",
+    "30",
+];
 
 #[test]
 fn garbage_on_the_rtmp_port_does_not_stop_other_publishers() -> Result<()> {
@@ -19,7 +28,9 @@ fn garbage_on_the_rtmp_port_does_not_stop_other_publishers() -> Result<()> {
     short.write_all(&[3, 0, 0])?;
     let _idle = TcpStream::connect(server.rtmp)?;
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("ok"), FAST)?;
-    server.wait_for(Duration::from_secs(20), || Ok(server.channel("ok")?.is_some()))?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("ok")?.is_some())
+    })?;
     Ok(())
 }
 
@@ -31,19 +42,38 @@ fn wrong_key_is_refused_and_never_logged() -> Result<()> {
     assert!(!ok, "ffmpeg should fail when the publish is refused");
     assert!(server.channel("alice")?.is_none());
     let unknown = Ffmpeg::push_rtmp(&server.rtmp_url("mallory"), FAST)?;
-    assert!(!unknown.wait_exit(Duration::from_secs(20))?.0, "unconfigured channel refused");
+    assert!(
+        !unknown.wait_exit(Duration::from_secs(20))?.0,
+        "unconfigured channel refused"
+    );
 
-    server.wait_for(Duration::from_secs(5), || Ok(server.log().contains("wrong key for channel alice")))?;
+    server.wait_for(Duration::from_secs(5), || {
+        Ok(server.log().contains("wrong key for channel alice"))
+    })?;
     let log = server.log();
-    assert!(log.contains("stream key names no configured channel"), "log says why: {log}");
-    assert!(!log.contains("mallory"), "an unknown stream key may hold a secret; not logged");
-    assert!(!log.contains("hunter2") && !log.contains("right-key"), "a key reached the log:\n{log}");
+    assert!(
+        log.contains("stream key names no configured channel"),
+        "log says why: {log}"
+    );
+    assert!(
+        !log.contains("mallory"),
+        "an unknown stream key may hold a secret; not logged"
+    );
+    assert!(
+        !log.contains("hunter2") && !log.contains("right-key"),
+        "a key reached the log:\n{log}"
+    );
     eprintln!("ffmpeg said: {stderr}");
 
     // Both forms of the right key publish.
     let _ok = Ffmpeg::push_rtmp(&server.rtmp_url("alice-right-key"), FAST)?;
-    server.wait_for(Duration::from_secs(20), || Ok(server.channel("alice")?.is_some()))?;
-    assert!(!server.log().contains("right-key"), "the key reached the log");
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("alice")?.is_some())
+    })?;
+    assert!(
+        !server.log().contains("right-key"),
+        "the key reached the log"
+    );
     Ok(())
 }
 
@@ -51,11 +81,19 @@ fn wrong_key_is_refused_and_never_logged() -> Result<()> {
 fn second_publisher_on_a_live_channel_is_refused() -> Result<()> {
     let server = Server::start(None)?;
     let _first = Ffmpeg::push_rtmp(&server.rtmp_url("solo"), FAST)?;
-    server.wait_for(Duration::from_secs(20), || Ok(server.channel("solo")?.is_some()))?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("solo")?.is_some())
+    })?;
     let second = Ffmpeg::push_rtmp(&server.rtmp_url("solo"), FAST)?;
-    assert!(!second.wait_exit(Duration::from_secs(20))?.0, "second publisher refused");
+    assert!(
+        !second.wait_exit(Duration::from_secs(20))?.0,
+        "second publisher refused"
+    );
     assert!(server.log().contains("channel solo is already live"));
-    assert!(server.channel("solo")?.is_some(), "the first publisher is undisturbed");
+    assert!(
+        server.channel("solo")?.is_some(),
+        "the first publisher is undisturbed"
+    );
     Ok(())
 }
 
@@ -69,7 +107,9 @@ fn whep_errors_are_clear() -> Result<()> {
     assert_eq!(status, 404);
 
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("live"), FAST)?;
-    server.wait_for(Duration::from_secs(20), || Ok(server.channel("live")?.is_some()))?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("live")?.is_some())
+    })?;
     let (status, body) = server.post("/whep/live", "application/sdp", "this is not sdp")?;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("malformed SDP offer"), "{body}");
@@ -77,7 +117,13 @@ fn whep_errors_are_clear() -> Result<()> {
     assert_eq!(status, 415, "{body}");
     let (status, _) = server.post("/whep/live", "application/sdp", &"a".repeat(100_000))?;
     assert_eq!(status, 413, "oversized offers are refused");
-    let (status, _) = interop_tests::http(server.http, "DELETE", "/whep/live/00000000000000000000000000000000", None, "")?;
+    let (status, _) = interop_tests::http(
+        server.http,
+        "DELETE",
+        "/whep/live/00000000000000000000000000000000",
+        None,
+        "",
+    )?;
     assert_eq!(status, 404);
     // The server still serves.
     assert_eq!(server.get("/healthz")?.0, 200);

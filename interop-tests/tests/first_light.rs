@@ -94,6 +94,9 @@ async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<
         server.log().contains("viewer left"),
         "the server closed the viewer's session"
     );
+    for line in server.log().lines().filter(|l| l.contains("server-added")) {
+        eprintln!("{line}");
+    }
 
     // It comes back: the page reconnects by itself.
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("alice"), HIGH_NO_BFRAMES_2S_GOP)?;
@@ -158,4 +161,22 @@ async fn viewer_joining_mid_gop_decodes_before_the_next_keyframe() -> Result<()>
         "first frame decoded only after the next keyframe: {p}"
     );
     browser.close().await
+}
+
+/// OBS's default x264 settings send B-frames: the channel tells viewers which setting to change.
+#[test]
+fn bframes_publisher_gets_a_clear_notice() -> Result<()> {
+    let server = Server::start(None)?;
+    let _ffmpeg = Ffmpeg::push_rtmp(
+        &server.rtmp_url("obs"),
+        &["-profile:v", "high", "-bf", "3", "-g", "60"],
+    )?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("obs")?.is_some_and(|c| {
+            c["notice"]
+                .as_str()
+                .is_some_and(|n| n.contains("bframes=0"))
+        }))
+    })?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod config;
+mod latency;
 mod session;
 mod stun;
 mod udp;

@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, trace};
 
+use crate::latency::Latency;
 use crate::{SessionId, Sfu};
 
 /// Datagrams queued for one session before new ones are dropped.
@@ -46,13 +47,30 @@ pub(crate) struct Session {
     pub(crate) hangup: Arc<Notify>,
     pub(crate) broadcast: BroadcastConsumer,
     pub(crate) sfu: Sfu,
+    /// Arrival time of the latest video frame written, until its first packet leaves.
+    pub(crate) awaiting_send: Option<Instant>,
+    pub(crate) latency: Latency,
+    pub(crate) joined: Instant,
 }
 
 impl Session {
     pub(crate) async fn run(mut self) {
         let started = Instant::now();
         let reason = self.drive().await;
-        info!(reason, secs = started.elapsed().as_secs(), "viewer left");
+        let secs = started.elapsed().as_secs();
+        match self.latency.summary() {
+            Some((frames, p50, p99)) => {
+                info!(
+                    reason,
+                    secs,
+                    frames,
+                    p50_us = p50,
+                    p99_us = p99,
+                    "viewer left; server-added video latency"
+                )
+            }
+            None => info!(reason, secs, "viewer left"),
+        }
         self.sfu.remove_session(self.id);
     }
 
@@ -118,6 +136,9 @@ impl Session {
             })?;
             match output {
                 Output::Transmit(t) => {
+                    if let Some(arrived) = self.awaiting_send.take() {
+                        self.latency.record(arrived.elapsed());
+                    }
                     if let Err(err) = socket.send_to(&t.contents, t.destination).await {
                         trace!(%err, "udp send");
                     }
@@ -184,8 +205,14 @@ impl Session {
             return;
         };
         let time = MediaTime::new(frame.timestamp, l.frequency);
-        if let Err(err) = writer.write(l.pt, frame.arrived, time, &frame.payload[..]) {
-            debug!(%err, "rtc write");
+        match writer.write(l.pt, frame.arrived, time, &frame.payload[..]) {
+            // Cached frames sent at join arrived before the viewer did; they measure the cache,
+            // not the server's added latency.
+            Ok(()) if l.frequency == Frequency::NINETY_KHZ && frame.arrived >= self.joined => {
+                self.awaiting_send = Some(frame.arrived)
+            }
+            Ok(()) => {}
+            Err(err) => debug!(%err, "rtc write"),
         }
     }
 }

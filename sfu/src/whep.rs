@@ -131,6 +131,9 @@ async fn offer(
         hangup,
         broadcast,
         sfu: sfu.clone(),
+        awaiting_send: None,
+        latency: Default::default(),
+        joined: Instant::now(),
     };
     tokio::spawn(session.run().instrument(span));
 
