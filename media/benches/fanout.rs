@@ -33,7 +33,7 @@ fn fanout(c: &mut Criterion) {
                     ts += 3000;
                     let frame = Frame {
                         timestamp: ts,
-                        keyframe: ts % 180_000 == 0,
+                        keyframe: ts.is_multiple_of(180_000),
                         payload: payload.clone(),
                         arrived: Instant::now(),
                     };

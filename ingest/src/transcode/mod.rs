@@ -131,7 +131,7 @@ impl AacToOpus {
             consumed += 2 * FRAME;
             out.push(OpusPacket {
                 timestamp: self.clock.output(FRAME as u64),
-                group_start: self.packets % PACKETS_PER_GROUP == 0,
+                group_start: self.packets.is_multiple_of(PACKETS_PER_GROUP),
                 data: Bytes::copy_from_slice(&encoded[..len]),
             });
             self.packets += 1;
