@@ -59,11 +59,12 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         // Only keys of known sections, so unrelated STARLING_* variables are not errors.
-        let env = Env::prefixed("STARLING_").split("__").filter(|key| {
-            SECTIONS
-                .iter()
-                .any(|s| key.as_str().split('.').next() == Some(*s))
-        });
+        let env = Env::prefixed("STARLING_")
+            .filter(|key| {
+                let section = key.as_str().split("__").next().unwrap_or_default();
+                SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+            })
+            .split("__");
         figment
             .merge(env)
             .extract()
