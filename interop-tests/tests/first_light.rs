@@ -155,6 +155,10 @@ async fn viewer_joining_mid_gop_decodes_before_the_next_keyframe() -> Result<()>
         |p| num(p, "sessions") >= 2.0 && num(p, "video.framesDecoded") > 0.0,
     )
     .await?;
+    eprintln!(
+        "time to first frame on rejoin (offer, WHEP POST, ICE, DTLS, first rendered frame): {} ms",
+        p["ttffMs"]
+    );
     assert_eq!(
         group(&server)?,
         joined_in,
