@@ -271,6 +271,16 @@ impl Ffmpeg {
         }
     }
 
+    /// Freezes ffmpeg (SIGSTOP): the connection stays open but nothing more is sent.
+    pub fn freeze(&self) -> Result<()> {
+        let ok = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill -STOP failed");
+        Ok(())
+    }
+
     /// Stops pushing.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -129,3 +129,23 @@ fn whep_errors_are_clear() -> Result<()> {
     assert_eq!(server.get("/healthz")?.0, 200);
     Ok(())
 }
+
+#[test]
+fn a_publisher_that_stops_sending_times_out_and_frees_the_channel() -> Result<()> {
+    let server = Server::start(Some("[rtmp]\nidle_timeout_secs = 2\n"))?;
+    let stalled = Ffmpeg::push_rtmp(&server.rtmp_url("stall"), FAST)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("stall")?.is_some())
+    })?;
+    stalled.freeze()?;
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server.channel("stall")?.is_none())
+    })?;
+    assert!(server.log().contains("timed out"), "the log says why");
+    // The channel is free for the next publisher.
+    let _next = Ffmpeg::push_rtmp(&server.rtmp_url("stall"), FAST)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("stall")?.is_some())
+    })?;
+    Ok(())
+}
