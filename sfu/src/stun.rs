@@ -67,3 +67,21 @@ mod tests {
         assert_eq!(local_ufrag(&lying), None);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            // Half the cases look like STUN, so the attribute walk is exercised.
+            if data.len() >= 20 && data[0] & 1 == 0 {
+                data[0] = 0;
+                data[4..8].copy_from_slice(&super::MAGIC_COOKIE);
+            }
+            let _ = super::local_ufrag(&data);
+        }
+    }
+}

@@ -156,3 +156,19 @@ mod tests {
         assert!(audio(&Bytes::from_static(&[0xaf])).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn tag_parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let data = Bytes::from(data);
+            let _ = super::video(&data);
+            let _ = super::audio(&data);
+        }
+    }
+}
