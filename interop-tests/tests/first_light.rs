@@ -80,6 +80,9 @@ async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<
     );
     assert_eq!(num(&later, "video.frameWidth"), 640.0);
     assert!(later["state"] == "live");
+    let (_, metrics) = server.get("/metrics")?;
+    assert!(metrics.contains("starling_viewers 1\n"), "{metrics}");
+    assert!(metrics.contains("starling_live_channels 1\n"), "{metrics}");
 
     // The publisher leaves: the channel ends for the viewer, cleanly.
     ffmpeg.kill();

@@ -26,6 +26,7 @@ pub fn router(sfu: Sfu) -> Router {
     Router::new()
         .route("/whep/{channel}", post(offer))
         .route("/whep/{channel}/{session}", delete(hang_up))
+        .route("/metrics", axum::routing::get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_OFFER))
         .with_state(sfu)
 }
@@ -167,4 +168,19 @@ async fn hang_up(
         }
         None => text(StatusCode::NOT_FOUND, "no such session"),
     }
+}
+
+/// Prometheus text exposition of the node's gauges.
+async fn metrics(State(sfu): State<Sfu>) -> Response {
+    let body = format!(
+        "# HELP starling_viewers WebRTC viewer sessions on this node.\n\
+         # TYPE starling_viewers gauge\n\
+         starling_viewers {}\n\
+         # HELP starling_live_channels Channels with a publisher on this node.\n\
+         # TYPE starling_live_channels gauge\n\
+         starling_live_channels {}\n",
+        sfu.viewers(),
+        sfu.inner.bus.live().len()
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
