@@ -20,8 +20,8 @@ pub struct Config {
     pub rtmp: ingest::RtmpConfig,
     /// WebRTC media.
     pub webrtc: sfu::WebRtcConfig,
-    /// Memory limits of each track on the media bus.
-    pub bus: media::TrackLimits,
+    /// The media bus: memory limits of each track, publisher reconnect grace period.
+    pub bus: media::BusConfig,
     /// The host name clients use to reach this node (used in printed URLs).
     pub public_host: Option<String>,
     /// Channels allowed to publish, with their keys. Empty: anyone may publish any name.

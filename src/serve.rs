@@ -50,7 +50,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if publishers.is_open() {
         warn!("no channels configured: publishing is open to any name");
     }
-    let bus = media::Bus::new(config.bus);
+    let bus = media::Bus::with_config(config.bus);
 
     let http = TcpListener::bind(config.http.listen)
         .await

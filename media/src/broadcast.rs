@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -13,12 +13,20 @@ use crate::{ChannelName, TrackConsumer, TrackLimits, TrackProducer};
 pub(crate) struct BroadcastShared {
     pub(crate) name: ChannelName,
     pub(crate) started: SystemTime,
+    /// How long viewers wait for a publisher that left to come back.
+    grace: Duration,
     state: Mutex<BroadcastState>,
     notify: Notify,
+    /// Wakes the publisher when a consumer asks any of its tracks for a keyframe.
+    keyframe_notify: Arc<Notify>,
 }
 
 #[derive(Default)]
 struct BroadcastState {
+    /// When the publisher left, while waiting for it to come back.
+    left_at: Option<Instant>,
+    /// Publishers so far (1 for the first; a reconnect within the grace period adds one).
+    generation: u64,
     /// Consumer handles of each track, by name; cloning one makes a new consumer.
     tracks: BTreeMap<String, TrackConsumer>,
     closed: bool,
@@ -27,13 +35,50 @@ struct BroadcastState {
 }
 
 impl BroadcastShared {
-    pub(crate) fn new(name: ChannelName) -> Self {
+    pub(crate) fn new(name: ChannelName, grace: Duration) -> Self {
         Self {
             name,
             started: SystemTime::now(),
-            state: Mutex::new(BroadcastState::default()),
+            grace,
+            state: Mutex::new(BroadcastState {
+                generation: 1,
+                ..BroadcastState::default()
+            }),
             notify: Notify::new(),
+            keyframe_notify: Arc::new(Notify::new()),
         }
+    }
+
+    /// Ended: its publisher left and the grace period is over (or there is none).
+    pub(crate) fn is_closed(&self) -> bool {
+        let state = self.lock();
+        state.closed || self.grace_over(&state)
+    }
+
+    fn grace_over(&self, state: &BroadcastState) -> bool {
+        state.left_at.is_some_and(|t| t.elapsed() >= self.grace)
+    }
+
+    /// True while a publisher is connected.
+    pub(crate) fn is_publishing(&self) -> bool {
+        let state = self.lock();
+        !state.closed && state.left_at.is_none()
+    }
+
+    /// A new publisher takes over a broadcast whose publisher left within the grace period.
+    /// Returns false if the broadcast is live or over.
+    pub(crate) fn resume(&self) -> bool {
+        let mut state = self.lock();
+        if state.closed || state.left_at.is_none() || self.grace_over(&state) {
+            return false;
+        }
+        state.left_at = None;
+        state.generation += 1;
+        state.tracks.clear();
+        state.notice = None;
+        drop(state);
+        self.notify.notify_waiters();
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, BroadcastState> {
@@ -55,6 +100,7 @@ impl BroadcastShared {
             .map(|t| crate::TrackInfo {
                 name: t.name().to_owned(),
                 codec: t.codec().map(|c| c.describe()),
+                bitrate: t.bitrate(std::time::Instant::now(), Duration::from_secs(2)),
                 latest_group: t.latest_group(),
             })
             .collect()
@@ -88,7 +134,7 @@ impl BroadcastProducer {
 
     /// Creates (or replaces) a track with the bus's limits.
     pub fn create_track(&self, name: &str) -> TrackProducer {
-        let producer = TrackProducer::new(name, self.limits);
+        let producer = TrackProducer::new(name, self.limits, self.shared.keyframe_notify.clone());
         self.shared
             .lock()
             .tracks
@@ -102,6 +148,17 @@ impl BroadcastProducer {
         self.shared.lock().notice = notice;
     }
 
+    /// Resolves when a consumer has asked one of this broadcast's tracks for a keyframe (see
+    /// [`TrackProducer::take_keyframe_request`]).
+    pub async fn keyframe_requested(&self) {
+        self.shared.keyframe_notify.notified().await;
+    }
+
+    /// Publishers of this broadcast so far: 2 after one reconnect within the grace period.
+    pub fn generation(&self) -> u64 {
+        self.shared.lock().generation
+    }
+
     /// A consumer of this broadcast.
     pub fn consume(&self) -> BroadcastConsumer {
         BroadcastConsumer {
@@ -112,10 +169,21 @@ impl BroadcastProducer {
 
 impl Drop for BroadcastProducer {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        let mut state = self.shared.lock();
+        if self.shared.grace.is_zero() {
+            state.closed = true;
+        } else {
+            // Viewers wait for the publisher to come back; the bus forgets the broadcast
+            // lazily once the grace period is over.
+            state.left_at = Some(Instant::now());
+        }
+        let closed = state.closed;
+        drop(state);
         self.shared.notify.notify_waiters();
-        if let Some(bus) = self.bus.upgrade() {
-            bus.remove(&self.shared);
+        if closed {
+            if let Some(bus) = self.bus.upgrade() {
+                bus.remove(&self.shared);
+            }
         }
     }
 }
@@ -151,12 +219,23 @@ impl BroadcastConsumer {
         self.shared.notice()
     }
 
-    /// True once the publisher has gone.
+    /// True once the broadcast is over: the publisher left and did not come back within the
+    /// grace period.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.is_closed()
     }
 
-    /// Resolves when the publisher has gone.
+    /// True while a publisher is connected (false during the grace period after it left).
+    pub fn is_publishing(&self) -> bool {
+        self.shared.is_publishing()
+    }
+
+    /// Publishers so far: 2 after one reconnect within the grace period.
+    pub fn generation(&self) -> u64 {
+        self.shared.lock().generation
+    }
+
+    /// Resolves when the broadcast is over (see [`BroadcastConsumer::is_closed`]).
     pub async fn closed(&self) {
         loop {
             let mut notified = pin!(self.shared.notify.notified());
@@ -164,7 +243,38 @@ impl BroadcastConsumer {
             if self.is_closed() {
                 return;
             }
-            notified.await;
+            self.wait(notified).await;
+        }
+    }
+
+    /// A consumer of the named track once it exists and is live (after a publisher
+    /// reconnects, its new track); `None` once the broadcast is over.
+    pub async fn live_track(&self, name: &str) -> Option<TrackConsumer> {
+        loop {
+            let mut notified = pin!(self.shared.notify.notified());
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return None;
+            }
+            if let Some(track) = self.track(name).filter(|t| !t.is_closed()) {
+                return Some(track);
+            }
+            self.wait(notified).await;
+        }
+    }
+
+    /// Waits for a change, or for the grace period to run out while the publisher is away.
+    async fn wait(&self, notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
+        let left_at = self.shared.lock().left_at;
+        match left_at {
+            Some(left) => {
+                let deadline = left + self.shared.grace;
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                }
+            }
+            None => notified.await,
         }
     }
 }

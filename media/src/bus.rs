@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
 
 use crate::broadcast::BroadcastShared;
 use crate::{BroadcastConsumer, BroadcastProducer, ChannelName, TrackLimits};
@@ -23,6 +25,8 @@ pub struct TrackInfo {
     pub name: String,
     /// Its codec, e.g. `H.264 High@4.1`, once known.
     pub codec: Option<String>,
+    /// Payload bitrate over the last two seconds, in bits per second.
+    pub bitrate: Option<u64>,
     /// Sequence number of its latest group (keyframe), if any.
     pub latest_group: Option<u64>,
 }
@@ -38,6 +42,42 @@ pub struct LiveBroadcast {
     pub tracks: Vec<TrackInfo>,
     /// The publisher's notice for viewers, if any.
     pub notice: Option<String>,
+    /// False while the publisher is away within the reconnect grace period.
+    pub publishing: bool,
+}
+
+/// The bus's settings: per-track memory limits and the publisher reconnect grace period.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Payload bytes kept across all cached groups of one track.
+    pub max_bytes: usize,
+    /// Groups kept per track.
+    pub max_groups: usize,
+    /// Seconds viewers stay connected, waiting, after a publisher drops; a publisher that
+    /// comes back on the same channel within it resumes the same broadcast. 0 ends at once.
+    pub reconnect_grace_secs: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        let limits = TrackLimits::default();
+        Self {
+            max_bytes: limits.max_bytes,
+            max_groups: limits.max_groups,
+            reconnect_grace_secs: 10,
+        }
+    }
+}
+
+impl BusConfig {
+    /// The per-track limits.
+    pub fn limits(&self) -> TrackLimits {
+        TrackLimits {
+            max_bytes: self.max_bytes,
+            max_groups: self.max_groups,
+        }
+    }
 }
 
 pub(crate) struct BusShared {
@@ -66,26 +106,46 @@ impl BusShared {
 pub struct Bus {
     shared: Arc<BusShared>,
     limits: TrackLimits,
+    grace: Duration,
 }
 
 impl Bus {
-    /// An empty bus whose tracks keep at most `limits`.
+    /// An empty bus whose tracks keep at most `limits`, with no reconnect grace period.
     pub fn new(limits: TrackLimits) -> Self {
         Self {
             shared: Arc::new(BusShared {
                 broadcasts: Mutex::default(),
             }),
             limits,
+            grace: Duration::ZERO,
         }
     }
 
-    /// Starts a broadcast on `name`; fails if the channel is already live.
+    /// A bus with `config`'s limits and reconnect grace period.
+    pub fn with_config(config: BusConfig) -> Self {
+        Self {
+            grace: Duration::from_secs(config.reconnect_grace_secs),
+            ..Self::new(config.limits())
+        }
+    }
+
+    /// Starts a broadcast on `name`; fails if the channel is already live. A publisher that
+    /// comes back within the grace period resumes the same broadcast, so its viewers stay.
     pub fn publish(&self, name: ChannelName) -> Result<BroadcastProducer, BusError> {
         let mut map = self.shared.lock();
-        if map.contains_key(&name) {
-            return Err(BusError::AlreadyLive(name));
+        if let Some(existing) = map.get(&name) {
+            if existing.is_publishing() {
+                return Err(BusError::AlreadyLive(name));
+            }
+            if existing.resume() {
+                return Ok(BroadcastProducer::new(
+                    existing.clone(),
+                    Arc::downgrade(&self.shared),
+                    self.limits,
+                ));
+            }
         }
-        let shared = Arc::new(BroadcastShared::new(name.clone()));
+        let shared = Arc::new(BroadcastShared::new(name.clone(), self.grace));
         map.insert(name, shared.clone());
         Ok(BroadcastProducer::new(
             shared,
@@ -96,16 +156,19 @@ impl Bus {
 
     /// The live broadcast on `name`, if any.
     pub fn subscribe(&self, name: &ChannelName) -> Option<BroadcastConsumer> {
-        self.shared
-            .lock()
-            .get(name)
-            .cloned()
-            .map(BroadcastConsumer::new)
+        let mut map = self.shared.lock();
+        map.retain(|_, b| !b.is_closed());
+        map.get(name).cloned().map(BroadcastConsumer::new)
     }
 
-    /// Every live broadcast, sorted by name.
+    /// Every live broadcast, sorted by name; those whose publisher is away within the grace
+    /// period are listed with `publishing: false`.
     pub fn live(&self) -> Vec<LiveBroadcast> {
-        let all: Vec<_> = self.shared.lock().values().cloned().collect();
+        let all: Vec<_> = {
+            let mut map = self.shared.lock();
+            map.retain(|_, b| !b.is_closed());
+            map.values().cloned().collect()
+        };
         let mut live: Vec<_> = all
             .iter()
             .map(|b| LiveBroadcast {
@@ -113,6 +176,7 @@ impl Bus {
                 started: b.started,
                 tracks: b.track_infos(),
                 notice: b.notice(),
+                publishing: b.is_publishing(),
             })
             .collect();
         live.sort_by(|a, b| a.name.cmp(&b.name));

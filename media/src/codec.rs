@@ -21,6 +21,14 @@ pub enum VideoCodec {
         /// Picture parameter sets (NAL units without start codes).
         pps: Vec<Bytes>,
     },
+    /// H.265; frames are Annex B with parameter sets in band.
+    H265,
+    /// VP8.
+    Vp8,
+    /// VP9.
+    Vp9,
+    /// AV1 (OBUs as carried over RTP, RFC 9628 depacketised).
+    Av1,
 }
 
 /// Audio codecs.
@@ -63,6 +71,22 @@ impl VideoCodec {
                 ),
                 _ => "H.264".to_owned(),
             },
+            VideoCodec::H265 => "H.265".to_owned(),
+            VideoCodec::Vp8 => "VP8".to_owned(),
+            VideoCodec::Vp9 => "VP9".to_owned(),
+            VideoCodec::Av1 => "AV1".to_owned(),
+        }
+    }
+
+    /// The codec family without parameters, e.g. `H.264`, for matching against what a viewer
+    /// can decode.
+    pub fn family(&self) -> &'static str {
+        match self {
+            VideoCodec::H264 { .. } => "H.264",
+            VideoCodec::H265 => "H.265",
+            VideoCodec::Vp8 => "VP8",
+            VideoCodec::Vp9 => "VP9",
+            VideoCodec::Av1 => "AV1",
         }
     }
 }

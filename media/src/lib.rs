@@ -22,7 +22,7 @@ mod name;
 mod track;
 
 pub use broadcast::{BroadcastConsumer, BroadcastProducer};
-pub use bus::{Bus, BusError, LiveBroadcast, TrackInfo};
+pub use bus::{Bus, BusConfig, BusError, LiveBroadcast, TrackInfo};
 pub use codec::{AudioCodec, Codec, VideoCodec};
 pub use frame::Frame;
 pub use name::{ChannelName, InvalidName};
@@ -30,8 +30,13 @@ pub use track::{TrackConsumer, TrackLimits, TrackProducer, TrackStats};
 
 /// Well-known track names.
 pub mod tracks {
-    /// The main video track (H.264 Annex B for now).
+    /// The main video track (H.264 Annex B for now). Simulcast layers are `video.{rid}`.
     pub const VIDEO: &str = "video";
+
+    /// True for the main video track and simulcast layers (`video`, `video.h`, ...).
+    pub fn is_video(name: &str) -> bool {
+        name == VIDEO || name.starts_with("video.")
+    }
     /// Opus audio at 48 kHz, what browsers play over WebRTC.
     pub const AUDIO_OPUS: &str = "audio.opus";
 }

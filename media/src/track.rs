@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -41,6 +42,8 @@ pub struct TrackStats {
 
 struct Group {
     seq: u64,
+    /// When its keyframe arrived.
+    started: Instant,
     /// Frames dropped from the front of this group to honour the byte budget.
     dropped: usize,
     frames: VecDeque<Frame>,
@@ -52,6 +55,10 @@ struct State {
     next_seq: u64,
     closed: bool,
     codec: Option<Codec>,
+    /// A consumer asked for a fresh keyframe; the producer has not taken the request yet.
+    keyframe_wanted: bool,
+    /// The producer can honour keyframe requests (a WebRTC publisher; RTMP cannot).
+    accepts_requests: bool,
 }
 
 struct Shared {
@@ -59,6 +66,8 @@ struct Shared {
     limits: TrackLimits,
     state: Mutex<State>,
     notify: Notify,
+    /// Shared by every track of a broadcast: wakes the publisher when a keyframe is wanted.
+    keyframe_notify: Arc<Notify>,
 }
 
 impl Shared {
@@ -75,7 +84,7 @@ pub struct TrackProducer {
 }
 
 impl TrackProducer {
-    pub(crate) fn new(name: &str, limits: TrackLimits) -> Self {
+    pub(crate) fn new(name: &str, limits: TrackLimits, keyframe_notify: Arc<Notify>) -> Self {
         let limits = TrackLimits {
             max_bytes: limits.max_bytes.max(1),
             max_groups: limits.max_groups.max(1),
@@ -86,12 +95,15 @@ impl TrackProducer {
             next_seq: 0,
             closed: false,
             codec: None,
+            keyframe_wanted: false,
+            accepts_requests: false,
         };
         let shared = Shared {
             name: name.to_owned(),
             limits,
             state: Mutex::new(state),
             notify: Notify::new(),
+            keyframe_notify,
         };
         Self {
             shared: Arc::new(shared),
@@ -116,8 +128,10 @@ impl TrackProducer {
         if frame.keyframe {
             let seq = state.next_seq;
             state.next_seq += 1;
+            state.keyframe_wanted = false;
             state.groups.push_back(Group {
                 seq,
+                started: frame.arrived,
                 dropped: 0,
                 frames: VecDeque::new(),
             });
@@ -146,6 +160,24 @@ impl TrackProducer {
     /// Bytes of payload currently cached.
     pub fn cached_bytes(&self) -> usize {
         self.shared.lock().bytes
+    }
+
+    /// Declares that this producer honours keyframe requests (see
+    /// [`TrackConsumer::request_keyframe`]); consumers then wait for a fresh keyframe instead
+    /// of replaying an old group.
+    pub fn accept_keyframe_requests(&self) {
+        self.shared.lock().accepts_requests = true;
+    }
+
+    /// Takes a pending keyframe request, if any. Many consumers asking at once make one
+    /// request; writing a keyframe clears it.
+    pub fn take_keyframe_request(&self) -> bool {
+        std::mem::take(&mut self.shared.lock().keyframe_wanted)
+    }
+
+    /// True while a keyframe request is pending.
+    pub fn keyframe_wanted(&self) -> bool {
+        self.shared.lock().keyframe_wanted
     }
 }
 
@@ -228,6 +260,70 @@ impl TrackConsumer {
     /// Sequence number of the track's latest group, if any.
     pub fn latest_group(&self) -> Option<u64> {
         self.shared.lock().groups.back().map(|g| g.seq)
+    }
+
+    /// True once the producer has gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
+    /// How long ago the latest group's keyframe arrived.
+    pub fn latest_group_age(&self, now: Instant) -> Option<Duration> {
+        let state = self.shared.lock();
+        state
+            .groups
+            .back()
+            .map(|g| now.saturating_duration_since(g.started))
+    }
+
+    /// Asks the producer for a fresh keyframe. Returns false if the producer cannot honour
+    /// keyframe requests (then only the cache can help).
+    pub fn request_keyframe(&self) -> bool {
+        let mut state = self.shared.lock();
+        if !state.accepts_requests || state.closed {
+            return false;
+        }
+        if !state.keyframe_wanted {
+            state.keyframe_wanted = true;
+            drop(state);
+            self.shared.keyframe_notify.notify_one();
+        }
+        true
+    }
+
+    /// True if the producer honours keyframe requests.
+    pub fn accepts_keyframe_requests(&self) -> bool {
+        self.shared.lock().accepts_requests
+    }
+
+    /// Moves this consumer to the start of the next group to begin (the next keyframe): for
+    /// switching layers or joining without replaying an old group.
+    pub fn skip_to_next_group(&mut self) {
+        let next_seq = self.shared.lock().next_seq;
+        self.pos = Some(Position {
+            seq: next_seq,
+            index: 0,
+        });
+    }
+
+    /// Payload bitrate (bits per second) over the frames that arrived in the last `window`
+    /// before `now`; `None` until there are frames spanning at least a quarter of it.
+    pub fn bitrate(&self, now: Instant, window: Duration) -> Option<u64> {
+        let state = self.shared.lock();
+        let since = now.checked_sub(window)?;
+        let mut bytes = 0u64;
+        let mut first: Option<Instant> = None;
+        'groups: for group in state.groups.iter().rev() {
+            for frame in group.frames.iter().rev() {
+                if frame.arrived < since {
+                    break 'groups;
+                }
+                bytes += frame.payload.len() as u64;
+                first = Some(frame.arrived);
+            }
+        }
+        let span = now.saturating_duration_since(first?);
+        (span >= window / 4).then(|| bytes * 8 * 1000 / span.as_millis().max(1) as u64)
     }
 
     /// This consumer's counters.

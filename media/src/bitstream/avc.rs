@@ -139,6 +139,40 @@ pub fn avcc_to_annexb(data: &Bytes, config: &AvcConfig) -> Result<(Bytes, bool),
     Ok((out.freeze(), idr))
 }
 
+/// Splits an Annex B byte stream at its start codes (`00 00 01` or `00 00 00 01`); empty units
+/// are skipped. Pure and total: any input gives some (possibly empty) list.
+pub fn annexb_nal_units(data: &Bytes) -> Vec<Bytes> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut units = Vec::with_capacity(starts.len());
+    for (n, &start) in starts.iter().enumerate() {
+        let mut end = starts.get(n + 1).map_or(data.len(), |next| next - 3);
+        // A four-byte start code leaves one zero byte at the end of the previous unit.
+        while end > start && data[end - 1] == 0 && n + 1 < starts.len() {
+            end -= 1;
+        }
+        if end > start {
+            units.push(data.slice(start..end));
+        }
+    }
+    units
+}
+
+/// The SPS and PPS units of an Annex B access unit (empty lists when it has none).
+pub fn annexb_parameter_sets(data: &Bytes) -> (Vec<Bytes>, Vec<Bytes>) {
+    let units = annexb_nal_units(data);
+    let pick = |t: u8| units.iter().filter(|u| nal_type(u) == t).cloned().collect();
+    (pick(nal::SPS), pick(nal::PPS))
+}
+
 /// The name of an H.264 `profile_idc`.
 pub fn profile_name(profile_idc: u8) -> &'static str {
     match profile_idc {
@@ -156,6 +190,22 @@ pub fn profile_name(profile_idc: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annexb_split_finds_units_and_parameter_sets() {
+        let au = Bytes::from_static(&[
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9, 9, 0,
+        ]);
+        let units = annexb_nal_units(&au);
+        assert_eq!(units.len(), 3);
+        assert_eq!(&units[0][..], &[0x67, 1, 2]);
+        assert_eq!(&units[1][..], &[0x68, 3]);
+        assert_eq!(&units[2][..], &[0x65, 9, 9, 0]);
+        let (sps, pps) = annexb_parameter_sets(&au);
+        assert_eq!((sps.len(), pps.len()), (1, 1));
+        assert!(annexb_nal_units(&Bytes::from_static(&[0, 0])).is_empty());
+        assert!(annexb_nal_units(&Bytes::from_static(&[0, 0, 1])).is_empty());
+    }
 
     fn record() -> Bytes {
         // version 1, High@3.1, length size 4, one SPS, one PPS.

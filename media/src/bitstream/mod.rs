@@ -35,6 +35,7 @@ mod fuzz {
             let _ = AvcConfig::parse(&data);
             let config = AvcConfig { length_size: size, sps: vec![], pps: vec![] };
             let _ = avcc_to_annexb(&data, &config);
+            let _ = super::avc::annexb_parameter_sets(&data);
         }
     }
 }
