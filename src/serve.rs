@@ -58,7 +58,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
         .with_context(|| format!("RTMP {}", config.rtmp.listen))?;
-    let sfu = sfu::Sfu::start(config.webrtc.clone(), bus.clone()).await?;
+    let ingest = ingest::Ingest::new(bus.clone(), publishers);
+    let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
     let (http_addr, rtmp_addr) = (http.local_addr()?, rtmp.local_addr()?);
 
     let host = config
@@ -82,7 +83,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     info!(http = %http_addr, rtmp = %rtmp_addr, webrtc = %sfu.local_addr(), "listening");
 
-    let ingest = ingest::Ingest::new(bus.clone(), publishers);
     let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
     let app = signaling::router(bus).merge(sfu::router(sfu));
     let http_task = tokio::spawn(async move { axum::serve(http, app).await });

@@ -9,7 +9,7 @@ pub mod transcode;
 use std::sync::Arc;
 
 pub use auth::{AuthError, ChannelConfig, ConfigError, Publishers, StreamKey};
-use media::{Bus, BusError};
+use media::{BroadcastProducer, Bus, BusError};
 pub use publish::{Publish, BFRAMES_NOTICE};
 pub use rtmp::RtmpConfig;
 
@@ -49,6 +49,27 @@ impl Ingest {
             bus,
             publishers: Arc::new(publishers),
         }
+    }
+
+    /// The bus publishers write into.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// True when any name may publish (no channels configured).
+    pub fn is_open(&self) -> bool {
+        self.publishers.is_open()
+    }
+
+    /// Authorises a publisher that names its channel and key separately (WHIP: the path and
+    /// the bearer token) and starts a bare broadcast for it to fill.
+    pub fn start_broadcast(
+        &self,
+        channel: &str,
+        key: Option<&str>,
+    ) -> Result<BroadcastProducer, Refusal> {
+        let channel = self.publishers.authorize(channel, key)?;
+        Ok(self.bus.publish(channel)?)
     }
 
     /// Authorises an RTMP-style stream key and starts its broadcast.

@@ -250,14 +250,29 @@ impl BroadcastConsumer {
     /// A consumer of the named track once it exists and is live (after a publisher
     /// reconnects, its new track); `None` once the broadcast is over.
     pub async fn live_track(&self, name: &str) -> Option<TrackConsumer> {
+        self.live_track_where(|n| n == name).await
+    }
+
+    /// Like [`BroadcastConsumer::live_track`] for the first live track whose name satisfies
+    /// `matches` (e.g. any video layer).
+    pub async fn live_track_where(&self, matches: impl Fn(&str) -> bool) -> Option<TrackConsumer> {
         loop {
             let mut notified = pin!(self.shared.notify.notified());
             notified.as_mut().enable();
             if self.is_closed() {
                 return None;
             }
-            if let Some(track) = self.track(name).filter(|t| !t.is_closed()) {
-                return Some(track);
+            let live = {
+                let state = self.shared.lock();
+                state
+                    .tracks
+                    .iter()
+                    .filter(|(n, t)| matches(n) && !t.is_closed())
+                    .map(|(_, t)| t.clone())
+                    .next()
+            };
+            if live.is_some() {
+                return live;
             }
             self.wait(notified).await;
         }

@@ -13,6 +13,8 @@ pub struct WebRtcConfig {
     pub candidates: Vec<IpAddr>,
     /// Viewers served at once; more get `503`.
     pub max_viewers: usize,
+    /// WebRTC (WHIP) publishers at once; more get `503`.
+    pub max_publishers: usize,
 }
 
 impl Default for WebRtcConfig {
@@ -21,6 +23,7 @@ impl Default for WebRtcConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8189)),
             candidates: Vec::new(),
             max_viewers: 2000,
+            max_publishers: 100,
         }
     }
 }

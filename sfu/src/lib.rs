@@ -1,28 +1,35 @@
-//! The SFU: serves viewers over WebRTC with str0m. One `Rtc` per viewer, one UDP socket for all,
-//! ICE-lite; WHEP (`POST /whep/{channel}`) creates viewers.
+//! The SFU: WebRTC with str0m, one UDP socket for every peer, ICE-lite. Viewers come in by
+//! WHEP (`POST /whep/{channel}`), publishers by WHIP (`POST /whip/{channel}`); each peer is one
+//! `Rtc` driven by its own task, fed datagrams by the UDP loop.
 #![warn(missing_docs, unreachable_pub)]
 
 mod config;
+mod http;
 mod latency;
-mod session;
+mod layers;
+mod peer;
+mod publisher;
+mod sdpfrag;
 mod stun;
 mod udp;
-mod whep;
+mod viewer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ingest::Ingest;
 use media::Bus;
 use tokio::net::UdpSocket;
 
 pub use config::WebRtcConfig;
-pub use whep::router;
+pub use http::router;
 
-use session::SessionHandle;
+use peer::PeerHandle;
 use udp::Routes;
 
-/// Identifies one viewer session; its hex form is the last part of the WHEP `Location`.
+/// Identifies one peer session; its hex form is the last part of the WHEP/WHIP `Location`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SessionId(u128);
 
@@ -53,12 +60,15 @@ pub struct Sfu {
 
 struct Inner {
     bus: Bus,
+    ingest: Ingest,
     config: WebRtcConfig,
     socket: Arc<UdpSocket>,
     local_addr: SocketAddr,
     candidates: Vec<SocketAddr>,
     routes: Mutex<Routes>,
-    sessions: Mutex<HashMap<SessionId, SessionHandle>>,
+    peers: Mutex<HashMap<SessionId, PeerHandle>>,
+    /// Keyframe requests (PLI/FIR) sent to WebRTC publishers, for `/metrics`.
+    keyframe_requests: AtomicU64,
 }
 
 /// The SFU could not start.
@@ -69,13 +79,14 @@ pub enum SfuError {
     #[error("cannot bind WebRTC UDP {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     /// No address to offer as an ICE candidate.
-    #[error("no address to offer viewers; set webrtc.candidates")]
+    #[error("no address to offer peers; set webrtc.candidates")]
     NoCandidates,
 }
 
 impl Sfu {
-    /// Binds the WebRTC UDP socket and starts its receive loop.
-    pub async fn start(config: WebRtcConfig, bus: Bus) -> Result<Self, SfuError> {
+    /// Binds the WebRTC UDP socket and starts its receive loop. Viewers read `ingest`'s bus;
+    /// WHIP publishers are authorised and written by `ingest`.
+    pub async fn start(config: WebRtcConfig, ingest: Ingest) -> Result<Self, SfuError> {
         let socket = UdpSocket::bind(config.listen)
             .await
             .map_err(|e| SfuError::Bind(config.listen, e))?;
@@ -87,13 +98,15 @@ impl Sfu {
             return Err(SfuError::NoCandidates);
         }
         let inner = Inner {
-            bus,
+            bus: ingest.bus().clone(),
+            ingest,
             config,
             socket: Arc::new(socket),
             local_addr,
             candidates,
             routes: Mutex::default(),
-            sessions: Mutex::default(),
+            peers: Mutex::default(),
+            keyframe_requests: AtomicU64::new(0),
         };
         let sfu = Self {
             inner: Arc::new(inner),
@@ -107,29 +120,40 @@ impl Sfu {
         self.inner.local_addr
     }
 
-    /// The addresses offered to viewers as ICE host candidates.
+    /// The addresses offered to peers as ICE host candidates.
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.inner.candidates
     }
 
     /// Number of viewer sessions.
     pub fn viewers(&self) -> usize {
-        self.sessions().len()
+        self.peers().values().filter(|p| !p.is_publisher()).count()
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, SessionHandle>> {
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// Number of WebRTC (WHIP) publisher sessions.
+    pub fn publishers(&self) -> usize {
+        self.peers().values().filter(|p| p.is_publisher()).count()
+    }
+
+    /// Keyframe requests sent to WebRTC publishers so far.
+    pub fn keyframe_requests_sent(&self) -> u64 {
+        self.inner.keyframe_requests.load(Ordering::Relaxed)
+    }
+
+    fn count_keyframe_request(&self) {
+        self.inner.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn peers(&self) -> MutexGuard<'_, HashMap<SessionId, PeerHandle>> {
+        self.inner.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn routes(&self) -> MutexGuard<'_, Routes> {
         self.inner.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remove_session(&self, id: SessionId) {
-        self.sessions().remove(&id);
+    fn remove_peer(&self, id: SessionId) {
+        self.peers().remove(&id);
         self.routes().remove(id);
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{trace, warn};
 
-use crate::session::Datagram;
+use crate::peer::Datagram;
 use crate::{stun, SessionId, Sfu};
 
 /// Largest datagram accepted; WebRTC keeps packets under the path MTU.
@@ -62,7 +62,7 @@ pub(crate) async fn receive_loop(sfu: Sfu) {
             trace!(%source, "datagram for no session");
             continue;
         };
-        let tx = sfu.sessions().get(&id).map(|s| s.tx.clone());
+        let tx = sfu.peers().get(&id).map(|s| s.datagrams.clone());
         if let Some(tx) = tx {
             let datagram = Datagram {
                 source,

@@ -1,0 +1,297 @@
+//! The SFU's HTTP routes: WHEP for viewers, WHIP for publishers (RFC 9725), the session
+//! resources behind their `Location`s, and `/metrics`. Every route answers CORS preflights, so a
+//! page on another origin can publish and watch.
+
+mod resource;
+mod whep;
+mod whip;
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::MediaKind;
+use str0m::{Candidate, Event, Output, Rtc};
+
+use crate::Sfu;
+
+/// Largest SDP offer or PATCH body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The WHEP, WHIP and metrics routes.
+pub fn router(sfu: Sfu) -> Router {
+    Router::new()
+        .route("/whep/{channel}", post(whep::offer).options(preflight))
+        .route("/whip/{channel}", post(whip::offer).options(preflight))
+        .route(
+            "/whep/{channel}/{session}",
+            axum::routing::patch(resource::patch)
+                .delete(resource::hang_up)
+                .options(preflight),
+        )
+        .route(
+            "/whip/{channel}/{session}",
+            axum::routing::patch(resource::patch)
+                .delete(resource::hang_up)
+                .options(preflight),
+        )
+        .route(
+            "/whep/{channel}/{session}/layer",
+            get(resource::layer)
+                .post(resource::set_layer)
+                .options(preflight),
+        )
+        .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(cors))
+        .with_state(sfu)
+}
+
+/// CORS on every response: WHIP/WHEP clients are often pages on another origin.
+async fn cors(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link, Accept-Patch"),
+    );
+    response
+}
+
+async fn preflight(method: Method) -> Response {
+    let _ = method;
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "GET, POST, PATCH, DELETE, OPTIONS",
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Authorization, Content-Type, If-Match",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
+            (
+                header::HeaderName::from_static("accept-patch"),
+                "application/trickle-ice-sdpfrag",
+            ),
+        ],
+    )
+        .into_response()
+}
+
+pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut body = message.into();
+    body.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn has_content_type(headers: &HeaderMap, want: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with(want))
+}
+
+/// Parses an offer body; the error is the response to send.
+fn parse_offer(headers: &HeaderMap, body: &str) -> Result<SdpOffer, Box<Response>> {
+    if !has_content_type(headers, "application/sdp") {
+        return Err(Box::new(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the SDP offer as application/sdp",
+        )));
+    }
+    let offer = SdpOffer::from_sdp_string(body).map_err(|err| {
+        Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!("malformed SDP offer: {err}"),
+        ))
+    })?;
+    if !body
+        .lines()
+        .any(|l| l.starts_with("m=video") || l.starts_with("m=audio"))
+    {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "the offer has no audio or video",
+        )));
+    }
+    Ok(offer)
+}
+
+/// An ICE-lite `Rtc` that knows every codec Starling moves, with our host candidates.
+fn new_rtc(sfu: &Sfu, bwe: bool) -> Rtc {
+    let mut builder = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_vp8(true)
+        .enable_vp9(true)
+        .enable_av1(true)
+        .enable_h265(true)
+        .enable_opus(true, false);
+    if bwe {
+        builder = builder.enable_bwe(Some(str0m::bwe::Bitrate::kbps(2_500)));
+    }
+    let mut rtc = builder.build(Instant::now());
+    for addr in sfu.candidates() {
+        if let Ok(candidate) = Candidate::host(*addr, "udp") {
+            rtc.add_local_candidate(candidate);
+        }
+    }
+    rtc
+}
+
+/// A negotiated session: the answer SDP, our ICE ufrag, and the media lines.
+struct Negotiated {
+    answer: String,
+    ufrag: String,
+    added: Vec<(str0m::media::Mid, MediaKind)>,
+}
+
+/// Answers `offer`.
+fn answer(rtc: &mut Rtc, offer: SdpOffer) -> Result<Negotiated, Box<Response>> {
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|err| {
+            Box::new(text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot answer the offer: {err}"),
+            ))
+        })?
+        .to_sdp_string();
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_owned())
+        .ok_or_else(|| {
+            Box::new(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "answer without ICE credentials",
+            ))
+        })?;
+    // The media lines are announced as events right after the answer.
+    let mut added = Vec::new();
+    while let Ok(output) = rtc.poll_output() {
+        match output {
+            Output::Event(Event::MediaAdded(m)) => added.push((m.mid, m.kind)),
+            Output::Timeout(_) => break,
+            _ => {}
+        }
+    }
+    Ok(Negotiated {
+        answer,
+        ufrag,
+        added,
+    })
+}
+
+/// The remote ICE ufrag of an offer.
+fn offer_ufrag(body: &str) -> String {
+    body.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The str0m codec for a bus codec.
+pub(crate) fn str0m_codec(codec: &media::Codec) -> Codec {
+    use media::{AudioCodec, VideoCodec};
+    match codec {
+        media::Codec::Video(VideoCodec::H265) => Codec::H265,
+        media::Codec::Video(VideoCodec::Vp8) => Codec::Vp8,
+        media::Codec::Video(VideoCodec::Vp9) => Codec::Vp9,
+        media::Codec::Video(VideoCodec::Av1) => Codec::Av1,
+        media::Codec::Audio(AudioCodec::Opus { .. }) => Codec::Opus,
+        _ => Codec::H264,
+    }
+}
+
+/// Prometheus text exposition of the node's gauges and counters.
+async fn metrics(State(sfu): State<Sfu>) -> Response {
+    let body = format!(
+        "# HELP starling_viewers WebRTC viewer sessions on this node.\n\
+         # TYPE starling_viewers gauge\n\
+         starling_viewers {}\n\
+         # HELP starling_webrtc_publishers WebRTC (WHIP) publisher sessions on this node.\n\
+         # TYPE starling_webrtc_publishers gauge\n\
+         starling_webrtc_publishers {}\n\
+         # HELP starling_live_channels Channels with a publisher on this node.\n\
+         # TYPE starling_live_channels gauge\n\
+         starling_live_channels {}\n\
+         # HELP starling_publisher_keyframe_requests_total Keyframe requests (PLI/FIR) sent to WebRTC publishers.\n\
+         # TYPE starling_publisher_keyframe_requests_total counter\n\
+         starling_publisher_keyframe_requests_total {}\n",
+        sfu.viewers(),
+        sfu.publishers(),
+        sfu.inner.bus.live().len(),
+        sfu.keyframe_requests_sent(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Adds a peer to the SFU's table and its ufrag to the UDP routes; returns its id and the
+/// receiving ends for its task.
+fn register(
+    sfu: &Sfu,
+    channel: media::ChannelName,
+    local_ufrag: String,
+    remote_ufrag: String,
+    layers: Option<std::sync::Arc<std::sync::Mutex<crate::layers::LayerStatus>>>,
+) -> (crate::SessionId, crate::peer::PeerIo) {
+    use crate::peer::{PeerHandle, PeerIo, CONTROL_QUEUE, QUEUE};
+    use tokio::sync::mpsc;
+    let id = crate::SessionId::random();
+    let (datagrams_tx, datagrams) = mpsc::channel(QUEUE);
+    let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+    let handle = PeerHandle {
+        datagrams: datagrams_tx,
+        control: control_tx,
+        channel,
+        remote_ufrag: std::sync::Mutex::new(remote_ufrag),
+        layers,
+    };
+    sfu.peers().insert(id, handle);
+    sfu.routes().add_ufrag(local_ufrag, id);
+    let io = PeerIo {
+        datagrams,
+        control,
+        socket: sfu.inner.socket.clone(),
+        local: sfu.inner.local_addr,
+    };
+    (id, io)
+}
+
+/// `201 Created` with the answer and the session's `Location`.
+fn created(location: String, answer: String) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer,
+    )
+        .into_response()
+}

@@ -1,0 +1,103 @@
+//! `POST /whep/{channel}`: a viewer's SDP offer in, `201` with the answer and `Location` out.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use media::{tracks, ChannelName};
+use str0m::media::MediaKind;
+use tracing::{info, info_span, Instrument};
+
+use super::{answer, created, new_rtc, offer_ufrag, parse_offer, register, str0m_codec, text};
+use crate::layers::LayerStatus;
+use crate::viewer::Viewer;
+use crate::Sfu;
+
+pub(super) async fn offer(
+    State(sfu): State<Sfu>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let offer = match parse_offer(&headers, &body) {
+        Ok(offer) => offer,
+        Err(response) => return *response,
+    };
+    let Some(broadcast) = ChannelName::new(&channel)
+        .ok()
+        .and_then(|name| sfu.inner.bus.subscribe(&name))
+    else {
+        return text(StatusCode::NOT_FOUND, "channel is not live");
+    };
+    if sfu.viewers() >= sfu.inner.config.max_viewers {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "this node is full");
+    }
+    let mut rtc = new_rtc(&sfu, true);
+    let super::Negotiated {
+        answer,
+        ufrag,
+        added,
+    } = match answer(&mut rtc, offer) {
+        Ok(a) => a,
+        Err(response) => return *response,
+    };
+
+    // A viewer that cannot decode the stream's video hears why now, not as a black screen.
+    let video_codec = broadcast
+        .track_names()
+        .iter()
+        .filter(|n| tracks::is_video(n))
+        .find_map(|n| broadcast.track(n).and_then(|t| t.codec()));
+    if let Some(codec) = video_codec {
+        let want = str0m_codec(&codec);
+        for (mid, _) in added.iter().filter(|(_, k)| *k == MediaKind::Video) {
+            let offered: Vec<String> = rtc
+                .writer(*mid)
+                .map(|w| {
+                    w.payload_params()
+                        .map(|p| format!("{:?}", p.spec().codec))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !offered.iter().any(|c| *c == format!("{want:?}")) {
+                let offered = if offered.is_empty() {
+                    "none".to_owned()
+                } else {
+                    offered.join(", ")
+                };
+                return text(
+                    StatusCode::NOT_ACCEPTABLE,
+                    format!(
+                        "this stream is {}; the offer cannot receive it (offered: {offered})",
+                        codec.describe()
+                    ),
+                );
+            }
+        }
+    }
+
+    let status = Arc::new(Mutex::new(LayerStatus::default()));
+    let (id, io) = register(
+        &sfu,
+        broadcast.name().clone(),
+        ufrag,
+        offer_ufrag(&body),
+        Some(status.clone()),
+    );
+    let span = info_span!("viewer", channel = %broadcast.name(), session = %id);
+    span.in_scope(|| info!("viewer joining"));
+    let viewer = Viewer {
+        id,
+        rtc,
+        io,
+        broadcast,
+        sfu: sfu.clone(),
+        status,
+        added,
+        joined: Instant::now(),
+    };
+    tokio::spawn(viewer.run().instrument(span));
+    created(format!("/whep/{channel}/{id}"), answer)
+}

@@ -1,0 +1,81 @@
+//! `POST /whip/{channel}` (RFC 9725): a publisher's SDP offer in with `Authorization: Bearer
+//! <key>`; `201` with the answer and `Location` out.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ingest::{AuthError, Refusal};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::{answer, created, new_rtc, offer_ufrag, parse_offer, register, text};
+use crate::publisher::Publisher;
+use crate::Sfu;
+
+pub(super) async fn offer(
+    State(sfu): State<Sfu>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let offer = match parse_offer(&headers, &body) {
+        Ok(offer) => offer,
+        Err(response) => return *response,
+    };
+    let token = bearer(&headers);
+    if sfu.publishers() >= sfu.inner.config.max_publishers {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node takes no more publishers",
+        );
+    }
+    let broadcast = match sfu.inner.ingest.start_broadcast(&channel, token) {
+        Ok(b) => b,
+        Err(refusal) => return refused(&refusal),
+    };
+    let mut rtc = new_rtc(&sfu, false);
+    let super::Negotiated { answer, ufrag, .. } = match answer(&mut rtc, offer) {
+        Ok(a) => a,
+        Err(response) => return *response, // dropping the broadcast frees the channel
+    };
+    let (id, io) = register(
+        &sfu,
+        broadcast.name().clone(),
+        ufrag,
+        offer_ufrag(&body),
+        None,
+    );
+    let span = info_span!("whip", channel = %broadcast.name(), session = %id);
+    span.in_scope(|| info!(resumed = broadcast.generation() > 1, "publisher joining"));
+    let publisher = Publisher {
+        id,
+        rtc,
+        io,
+        broadcast,
+        sfu: sfu.clone(),
+    };
+    tokio::spawn(publisher.run().instrument(span));
+    created(format!("/whip/{channel}/{id}"), answer)
+}
+
+/// The bearer token, if the request has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The response for a refused publisher. Logs the channel and reason, never the token.
+fn refused(refusal: &Refusal) -> Response {
+    warn!(reason = %refusal, "WHIP publish refused");
+    match refusal {
+        Refusal::Auth(AuthError::BadName) => text(StatusCode::BAD_REQUEST, refusal.to_string()),
+        Refusal::Auth(_) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            format!("{refusal}\n"),
+        )
+            .into_response(),
+        Refusal::Live(_) => text(StatusCode::CONFLICT, refusal.to_string()),
+        _ => text(StatusCode::FORBIDDEN, refusal.to_string()),
+    }
+}

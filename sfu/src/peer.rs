@@ -1,0 +1,111 @@
+//! What every peer (viewer or publisher) shares: its handle in the SFU's table, the datagrams
+//! and control messages it is fed, and the plumbing between a str0m `Rtc` and the socket.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use media::ChannelName;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, IceCreds, Input, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, trace};
+
+use crate::layers::LayerStatus;
+
+/// Datagrams queued for one peer before new ones are dropped.
+pub(crate) const QUEUE: usize = 512;
+/// Control messages queued for one peer (HTTP requests on its resource).
+pub(crate) const CONTROL_QUEUE: usize = 16;
+
+pub(crate) struct Datagram {
+    pub(crate) source: SocketAddr,
+    pub(crate) data: Vec<u8>,
+    pub(crate) at: Instant,
+}
+
+/// Requests on a peer's HTTP resource (its `Location`), passed to its task.
+pub(crate) enum Control {
+    /// `DELETE`: end the session.
+    HangUp,
+    /// `PATCH` with candidates (trickle ICE).
+    Candidates(Vec<Candidate>),
+    /// `PATCH` with new credentials (ICE restart): the remote's and our new ones.
+    IceRestart { remote: IceCreds, local: IceCreds },
+    /// A viewer's layer choice: a track name, or `None` for automatic.
+    Layer(Option<String>),
+}
+
+/// What the SFU keeps about a running peer.
+pub(crate) struct PeerHandle {
+    pub(crate) datagrams: mpsc::Sender<Datagram>,
+    pub(crate) control: mpsc::Sender<Control>,
+    pub(crate) channel: ChannelName,
+    /// The remote's current ICE ufrag, to tell a trickle PATCH from an ICE restart.
+    pub(crate) remote_ufrag: Mutex<String>,
+    /// Viewers only: the layer being sent and the choices.
+    pub(crate) layers: Option<Arc<Mutex<LayerStatus>>>,
+}
+
+impl PeerHandle {
+    pub(crate) fn is_publisher(&self) -> bool {
+        self.layers.is_none()
+    }
+}
+
+/// The receiving ends a peer task owns.
+pub(crate) struct PeerIo {
+    pub(crate) datagrams: mpsc::Receiver<Datagram>,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) local: SocketAddr,
+}
+
+impl PeerIo {
+    /// Feeds one datagram to `rtc`.
+    pub(crate) fn receive(&self, rtc: &mut Rtc, d: &Datagram) -> Result<(), &'static str> {
+        let Ok(contents) = d.data.as_slice().try_into() else {
+            return Ok(()); // not STUN/DTLS/RTP: ignore
+        };
+        let input = Input::Receive(
+            d.at,
+            Receive {
+                proto: Protocol::Udp,
+                source: d.source,
+                destination: self.local,
+                contents,
+            },
+        );
+        rtc.handle_input(input).map_err(|err| {
+            debug!(%err, "rtc input");
+            "protocol error"
+        })
+    }
+
+    /// Sends one datagram str0m produced. Loss on a full socket is left to RTP to recover.
+    pub(crate) async fn send(&self, t: &str0m::net::Transmit) {
+        if let Err(err) = self.socket.send_to(&t.contents, t.destination).await {
+            trace!(%err, "udp send");
+        }
+    }
+}
+
+/// Applies the ICE part of a control message; returns false for anything else.
+pub(crate) fn apply_ice(rtc: &mut Rtc, control: &Control) -> bool {
+    match control {
+        Control::Candidates(candidates) => {
+            for c in candidates {
+                rtc.add_remote_candidate(c.clone());
+            }
+            true
+        }
+        Control::IceRestart { remote, local } => {
+            let mut api = rtc.direct_api();
+            api.set_remote_ice_credentials(remote.clone());
+            api.set_local_ice_credentials(local.clone());
+            true
+        }
+        _ => false,
+    }
+}

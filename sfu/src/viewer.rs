@@ -1,0 +1,462 @@
+//! One viewer: a str0m `Rtc` driven by its own task, fed datagrams by the UDP loop and frames
+//! by the bus. Picks a simulcast layer from the bandwidth estimate, switches at keyframes, and
+//! survives a publisher reconnect without renegotiating.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use media::{tracks, BroadcastConsumer, Frame, TrackConsumer};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::format::Codec;
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tracing::{debug, info};
+
+use crate::latency::Latency;
+use crate::layers::{choose, Layer, LayerStatus, Timeline};
+use crate::peer::{apply_ice, Control, PeerIo};
+use crate::{SessionId, Sfu};
+
+/// How often the layer choice is revisited.
+const LAYER_TICK: Duration = Duration::from_millis(500);
+/// Window over which layer bitrates are measured.
+const BITRATE_WINDOW: Duration = Duration::from_secs(2);
+/// A cached group younger than this answers a join or keyframe request; an older one (a
+/// WebRTC publisher keyframes only on request) is not replayed: a fresh keyframe is asked for.
+const MAX_REPLAY_AGE: Duration = Duration::from_millis(1500);
+/// At most one keyframe answered per viewer in this time, however often it asks.
+const KEYFRAME_ANSWER_INTERVAL: Duration = Duration::from_millis(500);
+
+pub(crate) struct Viewer {
+    pub(crate) id: SessionId,
+    pub(crate) rtc: Rtc,
+    pub(crate) io: PeerIo,
+    pub(crate) broadcast: BroadcastConsumer,
+    pub(crate) sfu: Sfu,
+    pub(crate) status: Arc<Mutex<LayerStatus>>,
+    /// Media lines negotiated before the task started.
+    pub(crate) added: Vec<(Mid, MediaKind)>,
+    pub(crate) joined: Instant,
+}
+
+/// One outgoing media line and where its frames come from.
+struct Line {
+    mid: Mid,
+    kind: MediaKind,
+    pt: Option<Pt>,
+    frequency: Frequency,
+    /// Name of the track being sent.
+    name: String,
+    /// `None` while the publisher is away (reconnect grace period).
+    current: Option<TrackConsumer>,
+    /// A layer being switched to; it takes over at its first frame (a keyframe).
+    pending: Option<TrackConsumer>,
+    timeline: Timeline,
+    last_keyframe_answer: Option<Instant>,
+}
+
+enum LineEvent {
+    Frame(Frame),
+    Switched(Frame),
+    PendingEnded,
+    Ended,
+    Resumed(TrackConsumer),
+    Gone,
+}
+
+#[derive(Default)]
+struct Counters {
+    connected: bool,
+    estimate: Option<u64>,
+    /// Arrival time of the latest video frame written, until its first packet leaves.
+    awaiting_send: Option<Instant>,
+    latency: Latency,
+}
+
+impl Viewer {
+    pub(crate) async fn run(mut self) {
+        let started = Instant::now();
+        let mut counters = Counters::default();
+        let reason = self.drive(&mut counters).await;
+        let secs = started.elapsed().as_secs();
+        let switches = self.lock_status().switches;
+        match counters.latency.summary() {
+            Some((frames, p50, p99)) => info!(
+                reason,
+                secs,
+                switches,
+                frames,
+                p50_us = p50,
+                p99_us = p99,
+                "viewer left; server-added video latency"
+            ),
+            None => info!(reason, secs, switches, "viewer left"),
+        }
+        self.sfu.remove_peer(self.id);
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, LayerStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn drive(&mut self, c: &mut Counters) -> &'static str {
+        let (mut video, mut audio): (Option<Line>, Option<Line>) = (None, None);
+        for (mid, kind) in std::mem::take(&mut self.added) {
+            let line = self.new_line(mid, kind);
+            match kind {
+                MediaKind::Video => video = line,
+                MediaKind::Audio => audio = line,
+            }
+        }
+        let mut tick = tokio::time::interval(LAYER_TICK);
+        loop {
+            let deadline = match self.poll(c, &mut video, &mut audio).await {
+                Ok(deadline) => deadline,
+                Err(reason) => return reason,
+            };
+            let connected = c.connected;
+            tokio::select! {
+                control = self.io.control.recv() => match control {
+                    None | Some(Control::HangUp) => {
+                        self.rtc.disconnect();
+                        return "hung up";
+                    }
+                    Some(Control::Layer(preferred)) => {
+                        self.lock_status().preferred = preferred;
+                        self.choose_layer(c, &mut video);
+                    }
+                    Some(other) => { apply_ice(&mut self.rtc, &other); }
+                },
+                _ = self.broadcast.closed() => {
+                    self.rtc.disconnect();
+                    return "stream ended";
+                }
+                datagram = self.io.datagrams.recv() => {
+                    let Some(d) = datagram else { return "shut down" };
+                    if let Err(reason) = self.io.receive(&mut self.rtc, &d) {
+                        return reason;
+                    }
+                }
+                e = line_event(&mut video, &self.broadcast), if connected => {
+                    self.on_line_event(c, &mut video, e);
+                }
+                e = line_event(&mut audio, &self.broadcast), if connected => {
+                    self.on_line_event(c, &mut audio, e);
+                }
+                _ = tick.tick(), if connected => self.choose_layer(c, &mut video),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if self.rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                        return "protocol error";
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what str0m has to send and handles its events; returns its next deadline.
+    async fn poll(
+        &mut self,
+        c: &mut Counters,
+        video: &mut Option<Line>,
+        audio: &mut Option<Line>,
+    ) -> Result<Instant, &'static str> {
+        loop {
+            if !self.rtc.is_alive() {
+                return Err("connection closed");
+            }
+            let output = self.rtc.poll_output().map_err(|err| {
+                debug!(%err, "rtc output");
+                "protocol error"
+            })?;
+            match output {
+                Output::Transmit(t) => {
+                    if let Some(arrived) = c.awaiting_send.take() {
+                        c.latency.record(arrived.elapsed());
+                    }
+                    self.io.send(&t).await;
+                }
+                Output::Timeout(deadline) => return Ok(deadline),
+                Output::Event(event) => match event {
+                    Event::Connected => {
+                        c.connected = true;
+                        info!("viewer connected");
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        return Err("ice disconnected");
+                    }
+                    Event::MediaAdded(m) => {
+                        let line = self.new_line(m.mid, m.kind);
+                        match m.kind {
+                            MediaKind::Video => *video = line,
+                            MediaKind::Audio => *audio = line,
+                        }
+                    }
+                    Event::KeyframeRequest(req) => {
+                        if let Some(v) = video.as_mut().filter(|v| v.mid == req.mid) {
+                            answer_keyframe_request(v);
+                        }
+                    }
+                    Event::EgressBitrateEstimate(
+                        BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+                    ) => {
+                        c.estimate = Some(estimate.as_u64());
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// A media line the viewer offered, fed from the matching track.
+    fn new_line(&mut self, mid: Mid, kind: MediaKind) -> Option<Line> {
+        let (track, frequency) = match kind {
+            MediaKind::Video => (self.first_video_layer(), Frequency::NINETY_KHZ),
+            MediaKind::Audio => (
+                self.broadcast.track(tracks::AUDIO_OPUS),
+                Frequency::FORTY_EIGHT_KHZ,
+            ),
+        };
+        let name = track
+            .as_ref()
+            .map_or(String::new(), |t| t.name().to_owned());
+        let mut line = Line {
+            mid,
+            kind,
+            pt: None,
+            frequency,
+            name,
+            current: None,
+            pending: None,
+            timeline: Timeline::new(frequency.get() as u64),
+            last_keyframe_answer: None,
+        };
+        if let Some(track) = track {
+            self.start_track(&mut line, track);
+        }
+        if kind == MediaKind::Video {
+            self.lock_status().current = Some(line.name.clone()).filter(|n| !n.is_empty());
+        }
+        Some(line)
+    }
+
+    /// The layer a new viewer starts on: the top one by bitrate, or any video track while
+    /// bitrates are not known yet.
+    fn first_video_layer(&self) -> Option<TrackConsumer> {
+        let layers = video_layers(&self.broadcast, Instant::now());
+        let name = choose(&layers, None, None, None)
+            .map(str::to_owned)
+            .or_else(|| {
+                let names = self.broadcast.track_names();
+                names.into_iter().find(|n| tracks::is_video(n))
+            })?;
+        self.broadcast.track(&name)
+    }
+
+    /// Starts sending `track` on `line`: payload type for its codec, and the join rule.
+    fn start_track(&mut self, line: &mut Line, mut track: TrackConsumer) {
+        line.pt = payload_type(&mut self.rtc, line.mid, line.kind, &track);
+        if line.pt.is_none() {
+            debug!(track = track.name(), "viewer cannot decode this track");
+        }
+        join_at_fresh_keyframe(&mut track);
+        line.name = track.name().to_owned();
+        line.current = Some(track);
+        line.pending = None;
+        line.timeline.source_changed();
+    }
+
+    fn on_line_event(&mut self, c: &mut Counters, line: &mut Option<Line>, event: LineEvent) {
+        let Some(l) = line.as_mut() else { return };
+        match event {
+            LineEvent::Frame(frame) => self.write(c, l, frame),
+            LineEvent::Switched(frame) => {
+                if let Some(next) = l.pending.take() {
+                    debug!(from = %l.name, to = next.name(), "layer switched");
+                    l.name = next.name().to_owned();
+                    l.current = Some(next);
+                    l.timeline.source_changed();
+                    let mut status = self.lock_status();
+                    status.current = Some(l.name.clone());
+                    status.pending = None;
+                    status.switches += 1;
+                }
+                self.write(c, l, frame);
+            }
+            LineEvent::PendingEnded => {
+                l.pending = None;
+                self.lock_status().pending = None;
+            }
+            LineEvent::Ended => {
+                debug!(track = %l.name, "track ended; waiting for the publisher");
+                l.current = None;
+                l.pending = None;
+            }
+            LineEvent::Resumed(track) => {
+                info!(track = track.name(), "publisher back; resuming");
+                self.start_track(l, track);
+                if l.kind == MediaKind::Video {
+                    self.lock_status().current = Some(l.name.clone());
+                }
+            }
+            LineEvent::Gone => *line = None,
+        }
+    }
+
+    fn write(&mut self, c: &mut Counters, line: &mut Line, frame: Frame) {
+        let Some(pt) = line.pt else { return };
+        let Some(writer) = self.rtc.writer(line.mid) else {
+            return;
+        };
+        let ts = line.timeline.map(frame.timestamp, frame.arrived);
+        let time = MediaTime::new(ts, line.frequency);
+        match writer.write(pt, frame.arrived, time, &frame.payload[..]) {
+            // Cached frames sent at join arrived before the viewer did; they measure the cache,
+            // not the server's added latency.
+            Ok(()) if line.kind == MediaKind::Video && frame.arrived >= self.joined => {
+                c.awaiting_send = Some(frame.arrived)
+            }
+            Ok(()) => {}
+            Err(err) => debug!(%err, "rtc write"),
+        }
+    }
+
+    /// Revisits the layer: the viewer's choice, or what the estimate allows.
+    fn choose_layer(&mut self, c: &Counters, video: &mut Option<Line>) {
+        let Some(line) = video.as_mut() else { return };
+        let layers = video_layers(&self.broadcast, Instant::now());
+        let mut status = self.lock_status();
+        status.available = layers.clone();
+        status.estimate = c.estimate;
+        let Some(current) = line.current.as_ref() else {
+            return;
+        };
+        let target = choose(
+            &layers,
+            c.estimate,
+            Some(current.name()),
+            status.preferred.as_deref(),
+        )
+        .map(str::to_owned);
+        drop(status);
+        if layers.len() > 1 {
+            // Let the estimator probe for the top layer, so a viewer moved down can move up.
+            let top = layers[0].bitrate as f64 * 1.3;
+            self.rtc
+                .bwe()
+                .set_bitrate(Bitrate::ZERO, Bitrate::bps(top as u64));
+        }
+        let Some(target) = target else { return };
+        if target == line.name {
+            if line.pending.take().is_some() {
+                self.lock_status().pending = None;
+            }
+            return;
+        }
+        if line.pending.as_ref().is_some_and(|p| p.name() == target) {
+            return;
+        }
+        let Some(mut next) = self.broadcast.track(&target) else {
+            return;
+        };
+        next.skip_to_next_group();
+        next.request_keyframe();
+        debug!(from = %line.name, to = %target, estimate = ?c.estimate, "switching layer at next keyframe");
+        line.pending = Some(next);
+        self.lock_status().pending = Some(target);
+    }
+}
+
+/// The live video layers, highest bitrate first; layers not sending are left out.
+fn video_layers(broadcast: &BroadcastConsumer, now: Instant) -> Vec<Layer> {
+    let mut layers: Vec<Layer> = broadcast
+        .track_names()
+        .into_iter()
+        .filter(|n| tracks::is_video(n))
+        .filter_map(|name| {
+            let track = broadcast.track(&name).filter(|t| !t.is_closed())?;
+            let bitrate = track.bitrate(now, BITRATE_WINDOW)?;
+            Some(Layer { name, bitrate })
+        })
+        .collect();
+    layers.sort_by_key(|l| std::cmp::Reverse(l.bitrate));
+    layers
+}
+
+/// A joining viewer gets the cached group if it is recent; if it is old and the publisher can
+/// make a keyframe on request, the viewer waits for a fresh one instead of replaying it.
+fn join_at_fresh_keyframe(track: &mut TrackConsumer) {
+    let old = track
+        .latest_group_age(Instant::now())
+        .is_none_or(|age| age > MAX_REPLAY_AGE);
+    if old && track.accepts_keyframe_requests() {
+        track.skip_to_next_group();
+        track.request_keyframe();
+    }
+}
+
+/// A viewer asked for a keyframe (PLI/FIR): answer from the cache when the latest group is
+/// recent or the publisher cannot make one; otherwise ask the publisher (coalesced on the
+/// bus with every other viewer's request).
+fn answer_keyframe_request(line: &mut Line) {
+    let now = Instant::now();
+    if line
+        .last_keyframe_answer
+        .is_some_and(|t| now.duration_since(t) < KEYFRAME_ANSWER_INTERVAL)
+    {
+        return;
+    }
+    let Some(track) = line.current.as_mut() else {
+        return;
+    };
+    line.last_keyframe_answer = Some(now);
+    let recent = track
+        .latest_group_age(now)
+        .is_some_and(|age| age <= MAX_REPLAY_AGE);
+    if recent || !track.request_keyframe() {
+        debug!("keyframe request answered from cache");
+        track.restart_at_latest_group();
+        line.timeline.source_changed();
+    } else {
+        debug!("keyframe request passed to the publisher");
+    }
+}
+
+/// The payload type to send `track` with on `mid`, if the viewer can decode its codec.
+fn payload_type(rtc: &mut Rtc, mid: Mid, kind: MediaKind, track: &TrackConsumer) -> Option<Pt> {
+    let want = match kind {
+        MediaKind::Audio => Codec::Opus,
+        MediaKind::Video => track
+            .codec()
+            .map_or(Codec::H264, |c| crate::http::str0m_codec(&c)),
+    };
+    let writer = rtc.writer(mid)?;
+    // Prefer H.264 packetization-mode 1 (what browsers decode with any profile).
+    writer
+        .payload_params()
+        .filter(|p| p.spec().codec == want)
+        .max_by_key(|p| p.spec().format.packetization_mode == Some(1))
+        .map(|p| p.pt())
+}
+
+async fn line_event(line: &mut Option<Line>, broadcast: &BroadcastConsumer) -> LineEvent {
+    let Some(l) = line else {
+        return std::future::pending().await;
+    };
+    let Some(current) = l.current.as_mut() else {
+        let found = match l.kind {
+            MediaKind::Video => broadcast.live_track_where(tracks::is_video).await,
+            MediaKind::Audio => broadcast.live_track(tracks::AUDIO_OPUS).await,
+        };
+        return found.map_or(LineEvent::Gone, LineEvent::Resumed);
+    };
+    match l.pending.as_mut() {
+        None => match current.next_frame().await {
+            Some(f) => LineEvent::Frame(f),
+            None => LineEvent::Ended,
+        },
+        Some(pending) => tokio::select! {
+            f = current.next_frame() => f.map_or(LineEvent::Ended, LineEvent::Frame),
+            f = pending.next_frame() => f.map_or(LineEvent::PendingEnded, LineEvent::Switched),
+        },
+    }
+}
