@@ -77,7 +77,7 @@ impl Server {
             std::fs::write(&path, config)?;
             cmd.arg("--config").arg(path);
         }
-        cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug")
+        cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug,str0m=warn")
             .env("NO_COLOR", "1");
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -187,14 +187,51 @@ pub fn http(
     content_type: Option<&str>,
     body: &str,
 ) -> Result<(u16, String)> {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    let r = request(addr, method, path, &headers, body)?;
+    Ok((r.status, r.body))
+}
+
+/// An HTTP response: status, header block (lower-cased names) and body.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The header lines, names lower-cased.
+    pub headers: String,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            (n.trim() == name).then(|| v.trim())
+        })
+    }
+}
+
+/// An HTTP/1.1 request with any headers.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(ct) = content_type {
-        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -206,11 +243,47 @@ pub fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no HTTP status")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .map(|l| match l.split_once(':') {
+            Some((n, v)) => format!("{}:{v}\n", n.to_ascii_lowercase()),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// An SDP offer from str0m (an independent client) with the given media and codecs.
+pub fn sdp_offer(send: bool, video: bool, audio: bool, vp8_only: bool) -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut builder = str0m::Rtc::builder();
+    if vp8_only {
+        builder = builder
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false);
+    }
+    let mut rtc = builder.build(Instant::now());
+    let mut api = rtc.sdp_api();
+    let dir = if send {
+        Direction::SendOnly
+    } else {
+        Direction::RecvOnly
+    };
+    if video {
+        api.add_media(MediaKind::Video, dir, None, None, None);
+    }
+    if audio {
+        api.add_media(MediaKind::Audio, dir, None, None, None);
+    }
+    let (offer, _) = api.apply().expect("an offer");
+    offer.to_sdp_string()
 }
 
 /// An ffmpeg process pushing a generated test stream over RTMP.

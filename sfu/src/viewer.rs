@@ -184,7 +184,11 @@ impl Viewer {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         return Err("ice disconnected");
                     }
-                    Event::MediaAdded(m) => {
+                    Event::MediaAdded(m)
+                        if ![&*video, &*audio]
+                            .iter()
+                            .any(|l| l.as_ref().is_some_and(|l| l.mid == m.mid)) =>
+                    {
                         let line = self.new_line(m.mid, m.kind);
                         match m.kind {
                             MediaKind::Video => *video = line,

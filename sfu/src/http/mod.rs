@@ -17,7 +17,7 @@ use axum::Router;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::MediaKind;
-use str0m::{Candidate, Event, Output, Rtc};
+use str0m::{Candidate, Rtc};
 
 use crate::Sfu;
 
@@ -191,20 +191,30 @@ fn answer(rtc: &mut Rtc, offer: SdpOffer) -> Result<Negotiated, Box<Response>> {
                 "answer without ICE credentials",
             ))
         })?;
-    // The media lines are announced as events right after the answer.
-    let mut added = Vec::new();
-    while let Ok(output) = rtc.poll_output() {
-        match output {
-            Output::Event(Event::MediaAdded(m)) => added.push((m.mid, m.kind)),
-            Output::Timeout(_) => break,
-            _ => {}
-        }
-    }
+    let added = media_lines(&answer);
     Ok(Negotiated {
         answer,
         ufrag,
         added,
     })
+}
+
+/// The media lines (mid and kind) of an answer.
+fn media_lines(sdp: &str) -> Vec<(str0m::media::Mid, MediaKind)> {
+    let mut lines = Vec::new();
+    let mut kind = None;
+    for line in sdp.lines().map(str::trim) {
+        if line.starts_with("m=") {
+            kind = match line {
+                l if l.starts_with("m=video") => Some(MediaKind::Video),
+                l if l.starts_with("m=audio") => Some(MediaKind::Audio),
+                _ => None,
+            };
+        } else if let (Some(k), Some(mid)) = (kind, line.strip_prefix("a=mid:")) {
+            lines.push((str0m::media::Mid::from(mid), k));
+        }
+    }
+    lines
 }
 
 /// The remote ICE ufrag of an offer.

@@ -11,12 +11,14 @@ use media::{Bus, ChannelName, LiveBroadcast};
 use serde::Serialize;
 
 const WATCH_HTML: &str = include_str!("watch.html");
+const PUBLISH_HTML: &str = include_str!("publish.html");
 
 /// Routes for pages, the channel API and health, over `bus`.
 pub fn router(bus: Bus) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/watch/{channel}", get(watch))
+        .route("/publish/{channel}", get(publish))
         .route("/api/channels", get(channels))
         .route("/api/channels/{channel}", get(channel))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -29,6 +31,8 @@ struct ChannelInfo {
     live_seconds: u64,
     tracks: Vec<media::TrackInfo>,
     notice: Option<String>,
+    /// `live`, or `reconnecting` while the publisher is away within the grace period.
+    state: &'static str,
     watch: String,
 }
 
@@ -43,6 +47,7 @@ impl From<LiveBroadcast> for ChannelInfo {
             live_seconds: age.as_secs(),
             tracks: b.tracks,
             notice: b.notice,
+            state: if b.publishing { "live" } else { "reconnecting" },
         }
     }
 }
@@ -69,6 +74,13 @@ async fn watch(Path(name): Path<String>) -> Response {
     }
 }
 
+async fn publish(Path(name): Path<String>) -> Response {
+    match ChannelName::new(&name) {
+        Ok(name) => Html(PUBLISH_HTML.replace("{{channel}}", name.as_str())).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn index(State(bus): State<Bus>) -> Response {
     let live = bus.live();
     let mut items = String::new();
@@ -85,7 +97,7 @@ async fn index(State(bus): State<Bus>) -> Response {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Starling</title>\
          <meta http-equiv=\"refresh\" content=\"5\"></head>\n<body style=\"font:14px system-ui\">\
          <h1>Starling</h1>\n<h2>Live channels</h2>\n<ul>\n{items}</ul>\n\
-         <h2>Publish</h2>\n<p>In OBS: Settings → Stream → Custom. Server <code>rtmp://HOST/live</code>, \
+         <h2>Publish</h2>\n<p>From the browser: <code>/publish/CHANNEL</code> (WHIP). In OBS: Settings → Stream → Custom. Server <code>rtmp://HOST/live</code>, \
          stream key <code>CHANNEL?key=SECRET</code> (or just <code>CHANNEL</code> when publishing is open).</p>\n\
          <p>With ffmpeg: <code>ffmpeg -re -i input.mp4 -c:v libx264 -bf 0 -c:a aac -f flv \
          rtmp://HOST/live/CHANNEL</code></p>\n</body></html>\n"
@@ -131,6 +143,9 @@ mod tests {
         let (status, body) = get(&bus, "/watch/alice").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("const channel = \"alice\""));
+        let (status, body) = get(&bus, "/publish/alice").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("/whip/"));
         assert_eq!(
             get(&bus, "/watch/%3Cscript%3E").await.0,
             StatusCode::BAD_REQUEST
