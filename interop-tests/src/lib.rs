@@ -442,7 +442,7 @@ impl Browser {
 
     /// The player's state: `window.starling` with inbound video and audio stats.
     pub async fn player(&self) -> Result<Value> {
-        self.eval("const s = window.starling || {}; return JSON.parse(JSON.stringify({state: s.state, ttffMs: s.ttffMs, sessions: s.sessions, video: s.video || null, audio: s.audio || null}));").await
+        self.eval("const s = window.starling || {}; return JSON.parse(JSON.stringify({state: s.state, ttffMs: s.ttffMs, sessions: s.sessions, video: s.video || null, audio: s.audio || null, layer: s.layer || null}));").await
     }
 }
 

@@ -41,7 +41,8 @@ async fn wait_player(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<()> {
-    let server = Server::start(None)?;
+    // A short reconnect grace: this test is about the end of a stream.
+    let server = Server::start(Some("[bus]\nreconnect_grace_secs = 1\n"))?;
     let mut ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("alice"), HIGH_NO_BFRAMES_2S_GOP)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("alice")?.is_some())

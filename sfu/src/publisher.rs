@@ -39,6 +39,8 @@ struct Incoming {
     producer: TrackProducer,
     /// H.264: parameter sets seen so far, to describe the codec.
     sps: Option<Bytes>,
+    /// Audio: timestamp of the current group's first frame (audio groups last about 1 s).
+    group_start: Option<u64>,
     last_request: Option<Instant>,
 }
 
@@ -159,6 +161,7 @@ impl Publisher {
                 rid: data.rid,
                 producer,
                 sps: None,
+                group_start: None,
                 last_request: None,
             });
             if kind == MediaKind::Video && !data.is_keyframe() {
@@ -169,17 +172,27 @@ impl Publisher {
         let Some(track) = incoming.get_mut(&key) else {
             return;
         };
-        let keyframe = kind == MediaKind::Video && data.is_keyframe();
         let payload = Bytes::from_owner(data.data.clone());
-        if keyframe && codec == Codec::H264 {
-            describe_h264(track, &payload);
-        }
         let clock = match kind {
             MediaKind::Audio => 48_000,
             MediaKind::Video => 90_000,
         };
         let denom = u64::from(data.time.denom()).max(1);
         let timestamp = (u128::from(data.time.numer()) * clock / u128::from(denom)) as u64;
+        let keyframe = match kind {
+            MediaKind::Video => data.is_keyframe(),
+            // Every Opus packet decodes on its own: start a group about every second.
+            MediaKind::Audio => match track.group_start {
+                Some(start) if timestamp.saturating_sub(start) < clock as u64 => false,
+                _ => {
+                    track.group_start = Some(timestamp);
+                    true
+                }
+            },
+        };
+        if keyframe && codec == Codec::H264 {
+            describe_h264(track, &payload);
+        }
         track.producer.write(Frame {
             timestamp,
             keyframe,

@@ -1,0 +1,242 @@
+//! WebRTC publishing end to end: Chromium publishes over WHIP (simulcast, trickle ICE) from a
+//! fake camera, a second Chromium watches over WHEP and switches layers; a viewer keeps its
+//! session while an RTMP publisher drops and comes back within the grace period.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use interop_tests::{num, Browser, Ffmpeg, Server};
+use serde_json::Value;
+
+async fn wait_until(
+    browser: &Browser,
+    script: &str,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = browser.eval(script).await?;
+        if check(&v) {
+            return Ok(v);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{what} not reached in {limit:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+const PLAYER: &str = "const s = window.starling || {}; return JSON.parse(JSON.stringify({state: s.state, sessions: s.sessions, video: s.video || null, audio: s.audio || null, layer: s.layer || null}));";
+const PUBLISHER: &str = "return JSON.parse(JSON.stringify(window.starlingPublish || {}));";
+
+fn video_tracks(server: &Server, channel: &str) -> Result<Vec<String>> {
+    let Some(c) = server.channel(channel)? else {
+        return Ok(vec![]);
+    };
+    Ok(c["tracks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["bitrate"].as_u64().is_some_and(|b| b > 0))
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("video"))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_publishes_simulcast_over_whip_and_a_viewer_switches_layers() -> Result<()> {
+    let server = Server::start(Some(
+        "[channels.cam]\nkey = \"k3y\"\n[bus]\nreconnect_grace_secs = 1\n",
+    ))?;
+    let publisher = Browser::start().await?;
+    publisher
+        .client
+        .goto(&server.url("/publish/cam?autostart=1&simulcast=1&key=k3y"))
+        .await?;
+    let p = wait_until(
+        &publisher,
+        PUBLISHER,
+        Duration::from_secs(30),
+        "publisher live",
+        |p| p["state"] == "live" || p["state"] == "error",
+    )
+    .await?;
+    ensure!(p["state"] == "live", "publisher: {p}");
+    ensure!(
+        num(&p, "patches") >= 1.0,
+        "candidates were trickled by PATCH: {p}"
+    );
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(video_tracks(&server, "cam")?.len() == 3)
+    })?;
+    eprintln!("simulcast tracks: {:?}", server.channel("cam")?);
+
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&server.url("/watch/cam")).await?;
+    let first = wait_until(
+        &viewer,
+        PLAYER,
+        Duration::from_secs(30),
+        "video decoded",
+        |p| {
+            num(p, "video.framesDecoded") > 10.0
+                && p["layer"]["available"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == 3)
+        },
+    )
+    .await?;
+    eprintln!(
+        "viewer on {} at {}px",
+        first["layer"]["current"],
+        num(&first, "video.frameWidth")
+    );
+
+    // The picker overrides the automatic choice: down to the lowest layer, then back up.
+    for (layer, width) in [("video.l", 240.0), ("video.h", 960.0)] {
+        viewer
+            .eval(&format!(
+                "const el = document.getElementById('layer'); el.value = '{layer}'; el.onchange(); return true;"
+            ))
+            .await?;
+        let before = num(&viewer.eval(PLAYER).await?, "video.framesDecoded");
+        let p = wait_until(&viewer, PLAYER, Duration::from_secs(20), layer, |p| {
+            p["layer"]["current"] == layer && num(p, "video.frameWidth") == width
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let later = viewer.eval(PLAYER).await?;
+        ensure!(
+            num(&later, "video.framesDecoded") > num(&p, "video.framesDecoded") + 20.0
+                && num(&p, "video.framesDecoded") > before,
+            "video keeps decoding on {layer}: {p} -> {later}"
+        );
+        ensure!(num(&later, "sessions") == 1.0, "same session: {later}");
+    }
+    let (_, metrics) = server.get("/metrics")?;
+    eprintln!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    ensure!(
+        metrics.contains("starling_webrtc_publishers 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !server.log().contains("k3y"),
+        "the key never reaches the log"
+    );
+
+    // The publisher hangs up (DELETE): after the grace period the viewer is told it ended.
+    publisher
+        .eval("document.getElementById('stop').click(); return true;")
+        .await?;
+    wait_until(&viewer, PLAYER, Duration::from_secs(20), "ended", |p| {
+        p["state"] == "ended"
+    })
+    .await?;
+    viewer.close().await?;
+    publisher.close().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_publishes_h264_without_simulcast() -> Result<()> {
+    let server = Server::start(None)?;
+    let publisher = Browser::start().await?;
+    publisher
+        .client
+        .goto(&server.url("/publish/h264?autostart=1&simulcast=0&codec=h264"))
+        .await?;
+    server.wait_for(Duration::from_secs(30), || {
+        Ok(server.channel("h264")?.is_some_and(|c| {
+            c["tracks"].as_array().is_some_and(|t| {
+                t.iter().any(|t| {
+                    t["name"] == "video"
+                        && t["codec"].as_str().is_some_and(|c| c.starts_with("H.264 "))
+                })
+            })
+        }))
+    })?;
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&server.url("/watch/h264")).await?;
+    let p = wait_until(
+        &viewer,
+        PLAYER,
+        Duration::from_secs(30),
+        "H.264 decoded with audio",
+        |p| num(p, "video.framesDecoded") > 30.0 && num(p, "audio.totalSamplesReceived") > 48_000.0,
+    )
+    .await?;
+    eprintln!(
+        "H.264 from Chromium: {} {}",
+        server.channel("h264")?.unwrap_or_default()["tracks"],
+        p["video"]["decoderImplementation"]
+    );
+    viewer.close().await?;
+    publisher.close().await
+}
+
+/// A publisher that drops and comes back within the grace period: the viewer's
+/// `RTCPeerConnection` stays and keeps decoding the new stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_keeps_its_session_across_a_publisher_reconnect() -> Result<()> {
+    let server = Server::start(Some("[bus]\nreconnect_grace_secs = 10\n"))?;
+    let args = ["-bf", "0", "-g", "60", "-keyint_min", "60"];
+    let mut ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("back"), &args)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("back")?.is_some())
+    })?;
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&server.url("/watch/back")).await?;
+    wait_until(&viewer, PLAYER, Duration::from_secs(30), "decoding", |p| {
+        num(p, "video.framesDecoded") > 30.0
+    })
+    .await?;
+
+    ffmpeg.kill();
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server
+            .channel("back")?
+            .is_some_and(|c| c["state"] == "reconnecting"))
+    })?;
+    let during = wait_until(
+        &viewer,
+        PLAYER,
+        Duration::from_secs(10),
+        "reconnecting state",
+        |p| p["state"] == "reconnecting",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("back"), &args)?;
+    let after = wait_until(
+        &viewer,
+        PLAYER,
+        Duration::from_secs(30),
+        "decoding the new stream",
+        |p| {
+            num(p, "video.framesDecoded") > num(&during, "video.framesDecoded") + 60.0
+                && p["state"] == "live"
+        },
+    )
+    .await?;
+    ensure!(
+        num(&after, "sessions") == 1.0,
+        "same RTCPeerConnection: {after}"
+    );
+    assert!(
+        server.log().contains("publisher back; resuming"),
+        "{}",
+        server.log()
+    );
+    viewer.close().await
+}
