@@ -10,7 +10,10 @@ use media::{tracks, ChannelName};
 use str0m::media::MediaKind;
 use tracing::{info, info_span, Instrument};
 
-use super::{answer, created, new_rtc, offer_ufrag, parse_offer, register, str0m_codec, text};
+use super::{
+    answer, created, has_content_type, new_rtc, offer_ufrag, parse_offer, register, str0m_codec,
+    text,
+};
 use crate::layers::LayerStatus;
 use crate::viewer::Viewer;
 use crate::Sfu;
@@ -21,15 +24,21 @@ pub(super) async fn offer(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let offer = match parse_offer(&headers, &body) {
-        Ok(offer) => offer,
-        Err(response) => return *response,
-    };
+    if !has_content_type(&headers, "application/sdp") {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the SDP offer as application/sdp",
+        );
+    }
     let Some(broadcast) = ChannelName::new(&channel)
         .ok()
         .and_then(|name| sfu.inner.bus.subscribe(&name))
     else {
         return text(StatusCode::NOT_FOUND, "channel is not live");
+    };
+    let offer = match parse_offer(&headers, &body) {
+        Ok(offer) => offer,
+        Err(response) => return *response,
     };
     if sfu.viewers() >= sfu.inner.config.max_viewers {
         return text(StatusCode::SERVICE_UNAVAILABLE, "this node is full");
