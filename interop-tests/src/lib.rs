@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+mod shim;
+pub use shim::Shim;
+
 /// The `starling` binary built by `cargo build` (or `$STARLING_BIN`).
 pub fn starling_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("STARLING_BIN") {
@@ -43,6 +46,8 @@ pub struct Server {
     pub http: SocketAddr,
     /// RTMP address.
     pub rtmp: SocketAddr,
+    /// WebRTC UDP address.
+    pub webrtc: SocketAddr,
     log: Arc<Mutex<String>>,
 }
 
@@ -57,7 +62,7 @@ impl Server {
         );
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
         let rtmp: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
-        let webrtc = format!("127.0.0.1:{}", free_udp());
+        let webrtc: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let mut cmd = Command::new(&bin);
         cmd.args([
             "serve",
@@ -66,7 +71,7 @@ impl Server {
             "--rtmp",
             &rtmp.to_string(),
             "--webrtc",
-            &webrtc,
+            &webrtc.to_string(),
         ]);
         if let Some(config) = config {
             let path = std::env::temp_dir().join(format!(
@@ -109,6 +114,7 @@ impl Server {
             child,
             http,
             rtmp,
+            webrtc,
             log,
         };
         server

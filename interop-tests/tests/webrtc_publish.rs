@@ -240,3 +240,110 @@ async fn viewer_keeps_its_session_across_a_publisher_reconnect() -> Result<()> {
     );
     viewer.close().await
 }
+
+/// A viewer behind a slow link: the bandwidth estimate moves it to the lowest layer, and back
+/// up when the link recovers, with video decoding throughout on the same connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_viewer_moves_to_a_lower_layer_and_back() -> Result<()> {
+    let server = Server::start(None)?;
+    let shim = interop_tests::Shim::start(server.webrtc)?;
+    let publisher = Browser::start().await?;
+    publisher
+        .client
+        .goto(&server.url("/publish/slow?autostart=1&simulcast=1"))
+        .await?;
+    server.wait_for(Duration::from_secs(30), || {
+        Ok(video_tracks(&server, "slow")?.len() == 3)
+    })?;
+
+    // A bare WHEP viewer whose answer points at the shim instead of the server.
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&server.url("/healthz")).await?;
+    let script = r#"
+      window.v = {};
+      (async () => {
+        const pc = new RTCPeerConnection();
+        pc.addTransceiver("video", { direction: "recvonly" });
+        pc.addTransceiver("audio", { direction: "recvonly" });
+        const el = document.createElement("video");
+        el.muted = true; el.autoplay = true; document.body.appendChild(el);
+        pc.ontrack = e => {
+          if (e.track.kind === "video") { el.srcObject = new MediaStream([e.track]); el.play().catch(() => {}); }
+        };
+        await pc.setLocalDescription(await pc.createOffer());
+        await new Promise(r => {
+          if (pc.iceGatheringState === "complete") return r();
+          pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") r(); };
+          setTimeout(r, 1000);
+        });
+        const res = await fetch("/whep/slow", {
+          method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+        });
+        window.v.loc = res.headers.get("Location");
+        const sdp = (await res.text()).replace(/(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+/g, "$1" + PORT);
+        await pc.setRemoteDescription({ type: "answer", sdp });
+        setInterval(async () => {
+          (await pc.getStats()).forEach(s => {
+            if (s.type === "inbound-rtp" && s.kind === "video") {
+              window.v.video = { framesDecoded: s.framesDecoded, frameWidth: s.frameWidth };
+            }
+          });
+        }, 500);
+      })();
+      return true;
+    "#
+    .replace("PORT", &shim.addr().port().to_string());
+    viewer.eval(&script).await?;
+    const STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
+    let joined = wait_until(
+        &viewer,
+        STATE,
+        Duration::from_secs(30),
+        "decoding via the shim",
+        |v| num(v, "video.framesDecoded") > 10.0,
+    )
+    .await?;
+    let location = joined["loc"].as_str().unwrap_or_default().to_owned();
+    let layer = |server: &Server| -> Result<Value> {
+        let (status, body) = server.get(&format!("{location}/layer"))?;
+        ensure!(status == 200, "layer status {status}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    };
+
+    let mut seen = Vec::new();
+    // 300 kbit/s holds the lower layers (plus Opus), not the top one.
+    for (rate, lower, limit) in [(300_000, true, 30), (0, false, 60)] {
+        shim.set_rate(rate);
+        let deadline = Instant::now() + Duration::from_secs(limit);
+        let mut status = layer(&server)?;
+        let reached = |s: &Value| (s["current"] != "video.h") == lower && s["pending"].is_null();
+        let want = if lower { "a lower layer" } else { "video.h" };
+        while !reached(&status) {
+            ensure!(
+                Instant::now() < deadline,
+                "not on {want} {limit} s after limiting to {rate} bit/s (0: none): {status}, dropped {}",
+                shim.dropped()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            status = layer(&server)?;
+        }
+        let at = viewer.eval(STATE).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let later = viewer.eval(STATE).await?;
+        ensure!(
+            num(&later, "video.framesDecoded") > num(&at, "video.framesDecoded") + 15.0,
+            "video keeps decoding on {want}: {at} -> {later}"
+        );
+        seen.push(format!(
+            "{} at {} kbit/s estimate",
+            status["current"],
+            num(&status, "estimate") / 1000.0
+        ));
+    }
+    eprintln!(
+        "layers under throttling: {seen:?}; shim dropped {} packets",
+        shim.dropped()
+    );
+    viewer.close().await?;
+    publisher.close().await
+}

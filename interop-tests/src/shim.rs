@@ -1,0 +1,121 @@
+//! A UDP bottleneck between one WebRTC client and the server, on loopback: packets towards the
+//! client pass a rate limit with a bounded queue (drop-tail past `MAX_QUEUE_DELAY`), like a slow
+//! access link. The client is pointed at [`Shim::addr`] by rewriting the answer's candidate.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+/// Longest a packet waits in the bottleneck's queue before it is dropped instead.
+const MAX_QUEUE_DELAY: Duration = Duration::from_millis(150);
+
+/// A running shim; its threads stop when it is dropped.
+pub struct Shim {
+    addr: SocketAddr,
+    rate_bps: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shim {
+    /// Relays between a client (whoever sends to [`Shim::addr`] first) and `server`.
+    pub fn start(server: SocketAddr) -> Result<Self> {
+        let front = UdpSocket::bind("127.0.0.1:0")?;
+        let back = UdpSocket::bind("127.0.0.1:0")?;
+        back.connect(server)?;
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        }
+        let shim = Self {
+            addr: front.local_addr()?,
+            rate_bps: Arc::new(AtomicU64::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let (front, back) = (Arc::new(front), Arc::new(back));
+
+        // Client -> server: untouched.
+        let (f, b, c, stop) = (
+            front.clone(),
+            back.clone(),
+            client.clone(),
+            shim.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = f.recv_from(&mut buf) {
+                    *c.lock().unwrap() = Some(from);
+                    let _ = b.send(&buf[..n]);
+                }
+            }
+        });
+
+        // Server -> client: through the bottleneck.
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        let (b, rate, dropped, stop) = (
+            back.clone(),
+            shim.rate_bps.clone(),
+            shim.dropped.clone(),
+            shim.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut next_free = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(n) = b.recv(&mut buf) else { continue };
+                let now = Instant::now();
+                let bps = rate.load(Ordering::Relaxed);
+                let depart = if bps == 0 { now } else { next_free.max(now) };
+                if depart.duration_since(now) > MAX_QUEUE_DELAY {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if bps > 0 {
+                    next_free = depart + Duration::from_micros(n as u64 * 8 * 1_000_000 / bps);
+                }
+                let _ = tx.send((depart, buf[..n].to_vec()));
+            }
+        });
+        let (f, stop) = (front, shim.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((depart, packet)) = rx.recv_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
+                if let Some(wait) = depart.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if let Some(to) = *client.lock().unwrap() {
+                    let _ = f.send_to(&packet, to);
+                }
+            }
+        });
+        Ok(shim)
+    }
+
+    /// Where the client should send.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Limits server -> client traffic to `bps` bits per second; 0 removes the limit.
+    pub fn set_rate(&self, bps: u64) {
+        self.rate_bps.store(bps, Ordering::Relaxed);
+    }
+
+    /// Packets dropped by the bottleneck so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
