@@ -75,8 +75,8 @@ impl Shim {
                     dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if bps > 0 {
-                    next_free = depart + Duration::from_micros(n as u64 * 8 * 1_000_000 / bps);
+                if let Some(us) = (n as u64 * 8 * 1_000_000).checked_div(bps) {
+                    next_free = depart + Duration::from_micros(us);
                 }
                 let _ = tx.send((depart, buf[..n].to_vec()));
             }
