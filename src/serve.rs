@@ -75,6 +75,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "  Watch:              http://{host}:{}/watch/CHANNEL",
         http_addr.port()
     );
+    println!(
+        "  Publish (browser):  http://{host}:{}/publish/CHANNEL   WHIP: http://{host}:{}/whip/CHANNEL",
+        http_addr.port(),
+        http_addr.port()
+    );
     println!("  Channels:           http://{host}:{}/", http_addr.port());
     println!(
         "  WebRTC media:       udp {} (candidates {:?})",

@@ -124,7 +124,7 @@ fn parse_offer(headers: &HeaderMap, body: &str) -> Result<SdpOffer, Box<Response
     let offer = SdpOffer::from_sdp_string(body).map_err(|err| {
         Box::new(text(
             StatusCode::BAD_REQUEST,
-            format!("malformed SDP offer: {err}"),
+            format!("malformed SDP offer: {}", parse_error(&err.to_string())),
         ))
     })?;
     if !body
@@ -197,6 +197,16 @@ fn answer(rtc: &mut Rtc, offer: SdpOffer) -> Result<Negotiated, Box<Response>> {
         ufrag,
         added,
     })
+}
+
+/// The SDP parser's message on one line, without its internal pointer offsets.
+fn parse_error(message: &str) -> String {
+    message
+        .lines()
+        .map(|l| l.split(" at PointerOffset").next().unwrap_or(l).trim())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The media lines (mid and kind) of an answer.
@@ -304,4 +314,16 @@ fn created(location: String, answer: String) -> Response {
         answer,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parse_errors_lose_pointer_offsets() {
+        let m = "SDP parse: Parse error at PointerOffset(0x7f00)\nUnexpected end of input\nExpected `o`\nsdp line\n";
+        assert_eq!(
+            super::parse_error(m),
+            "SDP parse: Parse error; Unexpected end of input; Expected `o`; sdp line"
+        );
+    }
 }
