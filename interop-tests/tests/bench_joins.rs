@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use interop_tests::{num, Browser, Ffmpeg, Server};
+use interop_tests::{Browser, Ffmpeg, Server};
 use serde_json::Value;
 
 /// `join(channel)`: a bare WHEP viewer; resolves with the ms from creating the peer connection
@@ -173,7 +173,6 @@ async fn keyframe_requests_when_20_viewers_join_at_once() -> Result<()> {
         if ms.is_empty() { f64::NAN } else { percentile(&ms, 0.5) },
         ms.last().copied().unwrap_or(f64::NAN),
     );
-    let _ = num;
     viewers.close().await?;
     publisher.close().await
 }

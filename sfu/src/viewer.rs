@@ -102,7 +102,7 @@ impl Viewer {
     async fn drive(&mut self, c: &mut Counters) -> &'static str {
         let (mut video, mut audio): (Option<Line>, Option<Line>) = (None, None);
         for (mid, kind) in std::mem::take(&mut self.added) {
-            let line = self.new_line(mid, kind);
+            let line = Some(self.new_line(mid, kind));
             match kind {
                 MediaKind::Video => video = line,
                 MediaKind::Audio => audio = line,
@@ -189,7 +189,7 @@ impl Viewer {
                             .iter()
                             .any(|l| l.as_ref().is_some_and(|l| l.mid == m.mid)) =>
                     {
-                        let line = self.new_line(m.mid, m.kind);
+                        let line = Some(self.new_line(m.mid, m.kind));
                         match m.kind {
                             MediaKind::Video => *video = line,
                             MediaKind::Audio => *audio = line,
@@ -212,7 +212,7 @@ impl Viewer {
     }
 
     /// A media line the viewer offered, fed from the matching track.
-    fn new_line(&mut self, mid: Mid, kind: MediaKind) -> Option<Line> {
+    fn new_line(&mut self, mid: Mid, kind: MediaKind) -> Line {
         let (track, frequency) = match kind {
             MediaKind::Video => (self.first_video_layer(), Frequency::NINETY_KHZ),
             MediaKind::Audio => (
@@ -240,7 +240,7 @@ impl Viewer {
         if kind == MediaKind::Video {
             self.lock_status().current = Some(line.name.clone()).filter(|n| !n.is_empty());
         }
-        Some(line)
+        line
     }
 
     /// The layer a new viewer starts on: the top one by bitrate, or any video track while

@@ -9,7 +9,7 @@ mod whip;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,8 +68,7 @@ async fn cors(request: Request, next: Next) -> Response {
     response
 }
 
-async fn preflight(method: Method) -> Response {
-    let _ = method;
+async fn preflight() -> Response {
     (
         StatusCode::NO_CONTENT,
         [
@@ -113,14 +112,19 @@ fn has_content_type(headers: &HeaderMap, want: &str) -> bool {
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with(want))
 }
 
-/// Parses an offer body; the error is the response to send.
-fn parse_offer(headers: &HeaderMap, body: &str) -> Result<SdpOffer, Box<Response>> {
-    if !has_content_type(headers, "application/sdp") {
-        return Err(Box::new(text(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the SDP offer as application/sdp",
-        )));
+/// `415` unless the body is declared as SDP.
+fn require_sdp(headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if has_content_type(headers, "application/sdp") {
+        return Ok(());
     }
+    Err(Box::new(text(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "send the SDP offer as application/sdp",
+    )))
+}
+
+/// Parses an offer body; the error is the response to send.
+fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
     let offer = SdpOffer::from_sdp_string(body).map_err(|err| {
         Box::new(text(
             StatusCode::BAD_REQUEST,

@@ -10,16 +10,28 @@ use str0m::IceCreds;
 use tokio::sync::mpsc;
 
 use super::{has_content_type, text};
-use crate::peer::Control;
+use crate::peer::{Control, PeerHandle};
 use crate::sdpfrag::{self, SdpFrag};
 use crate::{SessionId, Sfu};
 
-/// The control channel of the session at `channel/session`, if it exists.
-fn find(sfu: &Sfu, channel: &str, session: &str) -> Option<(SessionId, mpsc::Sender<Control>)> {
+/// Looks at the session at `channel/session`, if it exists, under the peers lock.
+fn with_peer<T>(
+    sfu: &Sfu,
+    channel: &str,
+    session: &str,
+    look: impl FnOnce(SessionId, &PeerHandle) -> Option<T>,
+) -> Option<T> {
     let id = SessionId::parse(session)?;
     let peers = sfu.peers();
     let peer = peers.get(&id).filter(|p| p.channel.as_str() == channel)?;
-    Some((id, peer.control.clone()))
+    look(id, peer)
+}
+
+/// The control channel of the session at `channel/session`, if it exists.
+fn find(sfu: &Sfu, channel: &str, session: &str) -> Option<(SessionId, mpsc::Sender<Control>)> {
+    with_peer(sfu, channel, session, |id, peer| {
+        Some((id, peer.control.clone()))
+    })
 }
 
 pub(super) async fn hang_up(
@@ -47,29 +59,28 @@ pub(super) async fn patch(
             "send application/trickle-ice-sdpfrag",
         );
     }
-    let Some((id, control)) = find(&sfu, &channel, &session) else {
+    if find(&sfu, &channel, &session).is_none() {
         return text(StatusCode::NOT_FOUND, "no such session");
-    };
+    }
     let frag = match SdpFrag::parse(&body) {
         Ok(frag) => frag,
         Err(err) => return text(StatusCode::BAD_REQUEST, err.to_string()),
     };
-    let current = sfu
-        .peers()
-        .get(&id)
-        .map(|p| {
-            p.remote_ufrag
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        })
-        .unwrap_or_default();
-    if let Some(remote) = frag.restart(&current) {
+    // Trickle or restart is decided against the remote ufrag, which a restart replaces.
+    let found = with_peer(&sfu, &channel, &session, |id, peer| {
+        let mut ufrag = peer.remote_ufrag.lock().unwrap_or_else(|e| e.into_inner());
+        let restart = frag.restart(&ufrag);
+        if let Some(remote) = &restart {
+            *ufrag = remote.ufrag.clone();
+        }
+        Some((id, peer.control.clone(), restart))
+    });
+    let Some((id, control, restart)) = found else {
+        return text(StatusCode::NOT_FOUND, "no such session");
+    };
+    if let Some(remote) = restart {
         // ICE restart: new credentials both ways; the new local ufrag routes to this session.
         let local = IceCreds::new();
-        if let Some(peer) = sfu.peers().get(&id) {
-            *peer.remote_ufrag.lock().unwrap_or_else(|e| e.into_inner()) = remote.ufrag.clone();
-        }
         sfu.routes().add_ufrag(local.ufrag.clone(), id);
         let candidates: Vec<_> = sfu
             .candidates()
@@ -103,12 +114,9 @@ pub(super) async fn layer(
     State(sfu): State<Sfu>,
     Path((channel, session)): Path<(String, String)>,
 ) -> Response {
-    let status = SessionId::parse(&session).and_then(|id| {
-        let peers = sfu.peers();
-        let peer = peers.get(&id).filter(|p| p.channel.as_str() == channel)?;
+    let status = with_peer(&sfu, &channel, &session, |_, peer| {
         let layers = peer.layers.as_ref()?;
-        let status = layers.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Some(status)
+        Some(layers.lock().unwrap_or_else(|e| e.into_inner()).clone())
     });
     match status {
         Some(status) => Json(status).into_response(),

@@ -11,8 +11,7 @@ use str0m::media::MediaKind;
 use tracing::{info, info_span, Instrument};
 
 use super::{
-    answer, created, has_content_type, new_rtc, offer_ufrag, parse_offer, register, str0m_codec,
-    text,
+    answer, created, new_rtc, offer_ufrag, parse_offer, register, require_sdp, str0m_codec, text,
 };
 use crate::layers::LayerStatus;
 use crate::viewer::Viewer;
@@ -24,11 +23,8 @@ pub(super) async fn offer(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if !has_content_type(&headers, "application/sdp") {
-        return text(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the SDP offer as application/sdp",
-        );
+    if let Err(response) = require_sdp(&headers) {
+        return *response;
     }
     let Some(broadcast) = ChannelName::new(&channel)
         .ok()
@@ -36,7 +32,7 @@ pub(super) async fn offer(
     else {
         return text(StatusCode::NOT_FOUND, "channel is not live");
     };
-    let offer = match parse_offer(&headers, &body) {
+    let offer = match parse_offer(&body) {
         Ok(offer) => offer,
         Err(response) => return *response,
     };
@@ -62,15 +58,12 @@ pub(super) async fn offer(
     if let Some(codec) = video_codec {
         let want = str0m_codec(&codec);
         for (mid, _) in added.iter().filter(|(_, k)| *k == MediaKind::Video) {
-            let offered: Vec<String> = rtc
+            let offered: Vec<_> = rtc
                 .writer(*mid)
-                .map(|w| {
-                    w.payload_params()
-                        .map(|p| format!("{:?}", p.spec().codec))
-                        .collect()
-                })
+                .map(|w| w.payload_params().map(|p| p.spec().codec).collect())
                 .unwrap_or_default();
-            if !offered.iter().any(|c| *c == format!("{want:?}")) {
+            if !offered.contains(&want) {
+                let offered: Vec<String> = offered.iter().map(|c| format!("{c:?}")).collect();
                 let offered = if offered.is_empty() {
                     "none".to_owned()
                 } else {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use ingest::{AuthError, Refusal};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::{answer, created, new_rtc, offer_ufrag, parse_offer, register, text};
+use super::{answer, created, new_rtc, offer_ufrag, parse_offer, register, require_sdp, text};
 use crate::publisher::Publisher;
 use crate::Sfu;
 
@@ -17,7 +17,7 @@ pub(super) async fn offer(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let offer = match parse_offer(&headers, &body) {
+    let offer = match require_sdp(&headers).and_then(|()| parse_offer(&body)) {
         Ok(offer) => offer,
         Err(response) => return *response,
     };
