@@ -4,6 +4,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod config;
+mod dtls;
 mod http;
 mod latency;
 mod layers;

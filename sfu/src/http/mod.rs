@@ -147,6 +147,7 @@ fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
 fn new_rtc(sfu: &Sfu, bwe: bool) -> Rtc {
     let mut builder = Rtc::builder()
         .set_ice_lite(true)
+        .set_crypto_provider(crate::dtls::crypto_provider())
         .clear_codecs()
         .enable_h264(true)
         .enable_vp8(true)

@@ -1,0 +1,479 @@
+//! DTLS 1.2 for str0m on OpenSSL, so that clients with RSA certificates connect.
+//!
+//! str0m's built-in DTLS (dimpl 0.9) only takes ECDSA client certificates: its
+//! CertificateRequest names `ecdsa_sign` alone, so an OpenSSL client holding an RSA key (GStreamer's
+//! webrtcbin, which generates RSA-2048) sends no certificate and the handshake fails, and a client
+//! that sends RSA anyway is refused at CertificateVerify. OpenSSL's server asks for RSA and ECDSA
+//! and checks either. Our own certificate stays ECDSA P-256 (str0m's generator), so clients that
+//! offer only ECDHE_ECDSA suites connect too. SRTP, STUN and fingerprints keep str0m's aws-lc-rs
+//! provider; only the handshake moves here.
+//!
+//! Peers' certificates are self-signed; OpenSSL accepts any, and str0m checks the one it got
+//! against the SDP fingerprint.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use dimpl::{CryptoError as DimplCryptoError, CryptoOperation};
+use openssl::pkey::PKey;
+use openssl::srtp::SrtpProfileId;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslStream, SslVerifyMode,
+};
+use openssl::x509::X509;
+use str0m::crypto::dtls::{
+    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, KeyingMaterial,
+    ProtocolVersion, SrtpProfile,
+};
+use str0m::crypto::{CryptoError, CryptoProvider};
+use tracing::{debug, info};
+
+/// str0m's default crypto with the DTLS handshake on OpenSSL.
+pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| {
+        static DTLS: OpensslDtls = OpensslDtls;
+        Arc::new(CryptoProvider {
+            dtls_provider: &DTLS,
+            ..str0m::crypto::from_feature_flags()
+        })
+    });
+    Arc::clone(&PROVIDER)
+}
+
+/// ECDHE only (forward secrecy); as a server our ECDSA key picks the ECDSA suites.
+const CIPHERS: &str = "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES256";
+const SRTP_PROFILES: &str = "SRTP_AEAD_AES_256_GCM:SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80";
+const SRTP_LABEL: &str = "EXTRACTOR-dtls_srtp";
+/// Datagrams waiting for OpenSSL to read, at most (a handshake flight is a handful).
+const MAX_QUEUED: usize = 64;
+/// How often a handshake in progress is polled, so OpenSSL can retransmit a lost flight.
+const HANDSHAKE_TICK: Duration = Duration::from_millis(250);
+/// The MTU when str0m does not give one.
+const DEFAULT_MTU: usize = 1150;
+
+#[derive(Debug)]
+struct OpensslDtls;
+
+impl DtlsProvider for OpensslDtls {
+    fn generate_certificate(&self) -> Option<DtlsCert> {
+        // ECDSA P-256, the certificate every WebRTC client accepts.
+        str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+    }
+
+    fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        _now: Instant,
+        version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        if version == DtlsVersion::Dtls13 {
+            return Err(CryptoError::Other("DTLS 1.3 is not offered".into()));
+        }
+        let ssl = new_ssl(cert, mtu.unwrap_or(DEFAULT_MTU))
+            .map_err(|err| CryptoError::Other(format!("OpenSSL DTLS setup: {err}")))?;
+        Ok(Box::new(Session {
+            stream: SslStream::new(ssl, Datagrams::default())
+                .map_err(|err| CryptoError::Other(format!("OpenSSL DTLS setup: {err}")))?,
+            active: None,
+            connected: false,
+            connected_told: false,
+            secrets: None,
+            received: VecDeque::new(),
+            closing: false,
+            close_notify_received: false,
+            close_notify_told: false,
+        }))
+    }
+}
+
+fn new_ssl(cert: &DtlsCert, mtu: usize) -> Result<Ssl, openssl::error::ErrorStack> {
+    let mut ctx = SslContextBuilder::new(SslMethod::dtls())?;
+    ctx.set_cipher_list(CIPHERS)?;
+    ctx.set_tlsext_use_srtp(SRTP_PROFILES)?;
+    ctx.set_verify_callback(
+        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+        |_, _| true,
+    );
+    let certificate = X509::from_der(&cert.certificate)?;
+    let key = PKey::private_key_from_der(&cert.private_key)?;
+    ctx.set_certificate(&certificate)?;
+    ctx.set_private_key(&key)?;
+    ctx.set_options(SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+    let ctx: SslContext = ctx.build();
+    let mut ssl = Ssl::new(&ctx)?;
+    ssl.set_mtu(u32::try_from(mtu).unwrap_or(1150))?;
+    Ok(ssl)
+}
+
+/// OpenSSL's transport: datagrams in from str0m, datagrams out to str0m, one per read or write.
+#[derive(Default)]
+struct Datagrams {
+    incoming: VecDeque<Vec<u8>>,
+    outgoing: VecDeque<Vec<u8>>,
+}
+
+impl io::Read for Datagrams {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(datagram) = self.incoming.pop_front() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let n = datagram.len().min(buf.len());
+        buf[..n].copy_from_slice(&datagram[..n]);
+        Ok(n)
+    }
+}
+
+impl io::Write for Datagrams {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outgoing.push_back(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the handshake yields for str0m: the peer's certificate and the SRTP keys.
+struct Secrets {
+    peer_cert: Option<Vec<u8>>,
+    keying: Option<(Vec<u8>, SrtpProfile)>,
+}
+
+struct Session {
+    stream: SslStream<Datagrams>,
+    active: Option<bool>,
+    connected: bool,
+    connected_told: bool,
+    secrets: Option<Secrets>,
+    received: VecDeque<Vec<u8>>,
+    closing: bool,
+    close_notify_received: bool,
+    close_notify_told: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpensslDtlsSession")
+            .field("active", &self.active)
+            .field("connected", &self.connected)
+            .finish()
+    }
+}
+
+fn failed(operation: CryptoOperation) -> DtlsImplError {
+    DtlsImplError::CryptoError(DimplCryptoError::OperationFailed(operation))
+}
+
+impl Session {
+    /// Runs the handshake as far as the datagrams received allow.
+    fn handshake(&mut self) -> Result<(), DtlsImplError> {
+        let step = match self.active {
+            _ if self.connected => return Ok(()),
+            None => return Ok(()),
+            Some(true) => self.stream.connect(),
+            Some(false) => self.stream.accept(),
+        };
+        match step {
+            Ok(()) => {
+                self.connected = true;
+                self.secrets = Some(self.export_secrets()?);
+                Ok(())
+            }
+            Err(err) if matches!(err.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                Ok(())
+            }
+            Err(err) => {
+                info!(%err, "DTLS handshake failed");
+                Err(failed(CryptoOperation::VerifySignature))
+            }
+        }
+    }
+
+    fn export_secrets(&self) -> Result<Secrets, DtlsImplError> {
+        let ssl = self.stream.ssl();
+        let peer_cert = ssl.peer_certificate().and_then(|cert| cert.to_der().ok());
+        let profile = match ssl.selected_srtp_profile().map(|p| p.id()) {
+            Some(SrtpProfileId::SRTP_AEAD_AES_256_GCM) => SrtpProfile::AEAD_AES_256_GCM,
+            Some(SrtpProfileId::SRTP_AEAD_AES_128_GCM) => SrtpProfile::AEAD_AES_128_GCM,
+            Some(SrtpProfileId::SRTP_AES128_CM_SHA1_80) => SrtpProfile::AES128_CM_SHA1_80,
+            _ => {
+                debug!("DTLS: the peer agreed no SRTP profile we support");
+                return Err(failed(CryptoOperation::CompleteKeyExchange));
+            }
+        };
+        let mut keying = vec![0; profile.keying_material_len()];
+        ssl.export_keying_material(&mut keying, SRTP_LABEL, None)
+            .map_err(|_| failed(CryptoOperation::CompleteKeyExchange))?;
+        Ok(Secrets {
+            peer_cert,
+            keying: Some((keying, profile)),
+        })
+    }
+
+    /// Decrypts what arrived after the handshake.
+    fn read_application_data(&mut self) -> Result<(), DtlsImplError> {
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            match self.stream.ssl_read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    if self.received.len() >= MAX_QUEUED {
+                        return Err(DtlsImplError::ReceiveQueueFull);
+                    }
+                    self.received.push_back(buf[..n].to_vec());
+                }
+                Err(err) if err.code() == ErrorCode::WANT_READ => return Ok(()),
+                Err(err) if err.code() == ErrorCode::ZERO_RETURN => {
+                    self.close_notify_received = true;
+                    self.closing = true;
+                    return Ok(());
+                }
+                Err(err) => {
+                    debug!(%err, "DTLS read failed");
+                    return Err(failed(CryptoOperation::Decrypt));
+                }
+            }
+        }
+    }
+}
+
+impl DtlsInstance for Session {
+    fn set_active(&mut self, active: bool) {
+        self.active = Some(active);
+        // A client speaks first.
+        let _ = self.handshake();
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        let incoming = &mut self.stream.get_mut().incoming;
+        if incoming.len() >= MAX_QUEUED {
+            return Err(DtlsImplError::ReceiveQueueFull);
+        }
+        incoming.push_back(packet.to_vec());
+        if self.connected {
+            self.read_application_data()
+        } else {
+            self.handshake()?;
+            if self.connected {
+                self.read_application_data()?;
+            }
+            Ok(())
+        }
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        if let Some(datagram) = self.stream.get_mut().outgoing.pop_front() {
+            if datagram.len() > buf.len() {
+                let needed = datagram.len();
+                self.stream.get_mut().outgoing.push_front(datagram);
+                return DtlsOutput::BufferTooSmall { needed };
+            }
+            buf[..datagram.len()].copy_from_slice(&datagram);
+            return DtlsOutput::Packet(&buf[..datagram.len()]);
+        }
+        if self.connected && !self.connected_told {
+            self.connected_told = true;
+            return DtlsOutput::Connected;
+        }
+        if let Some(secrets) = &mut self.secrets {
+            if let Some(cert) = secrets.peer_cert.take() {
+                if cert.len() > buf.len() {
+                    let needed = cert.len();
+                    secrets.peer_cert = Some(cert);
+                    return DtlsOutput::BufferTooSmall { needed };
+                }
+                buf[..cert.len()].copy_from_slice(&cert);
+                return DtlsOutput::PeerCert(&buf[..cert.len()]);
+            }
+            if let Some((keying, profile)) = secrets.keying.take() {
+                return DtlsOutput::KeyingMaterial(KeyingMaterial::new(&keying), profile);
+            }
+        }
+        if self.close_notify_received && !self.close_notify_told {
+            self.close_notify_told = true;
+            return DtlsOutput::CloseNotify;
+        }
+        if let Some(data) = self.received.pop_front() {
+            if data.len() > buf.len() {
+                let needed = data.len();
+                self.received.push_front(data);
+                return DtlsOutput::BufferTooSmall { needed };
+            }
+            buf[..data.len()].copy_from_slice(&data);
+            return DtlsOutput::ApplicationData(&buf[..data.len()]);
+        }
+        let next = if self.connected {
+            Duration::from_secs(3600)
+        } else {
+            HANDSHAKE_TICK
+        };
+        DtlsOutput::Timeout(Instant::now() + next)
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), DtlsImplError> {
+        // OpenSSL retransmits a flight whose timer ran out when the handshake is driven.
+        self.handshake()
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        if !self.connected || data.is_empty() {
+            return Ok(0);
+        }
+        self.stream.ssl_write(data).map_err(|err| {
+            debug!(%err, "DTLS write failed");
+            failed(CryptoOperation::Encrypt)
+        })
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.unwrap_or(false)
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.connected.then_some(ProtocolVersion::DTLS1_2)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closing && self.stream.get_ref().outgoing.is_empty()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        if self.connected && !self.closing {
+            let _ = self.stream.shutdown();
+        }
+        self.closing = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::rsa::Rsa;
+    use openssl::x509::X509Builder;
+
+    /// A self-signed RSA-2048 certificate, as GStreamer makes.
+    fn rsa_cert() -> DtlsCert {
+        let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
+        let mut x509 = X509Builder::new().expect("builder");
+        x509.set_pubkey(&key).expect("pubkey");
+        x509.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
+            .expect("not before");
+        x509.set_not_after(&Asn1Time::days_from_now(1).expect("time"))
+            .expect("not after");
+        x509.sign(&key, MessageDigest::sha256()).expect("sign");
+        DtlsCert {
+            certificate: x509.build().to_der().expect("der"),
+            private_key: key.private_key_to_der().expect("key der"),
+        }
+    }
+
+    struct Outcome {
+        connected: bool,
+        peer_cert: Option<Vec<u8>>,
+        keying: Option<(Vec<u8>, SrtpProfile)>,
+    }
+
+    /// Moves datagrams between the two until both are quiet; returns what each reported.
+    type Peer = dyn DtlsInstance + 'static;
+
+    fn run(a: &mut Peer, b: &mut Peer) -> [Outcome; 2] {
+        let mut outcomes = [(); 2].map(|_| Outcome {
+            connected: false,
+            peer_cert: None,
+            keying: None,
+        });
+        let mut buf = vec![0; 4096];
+        for _ in 0..50 {
+            let mut moved = false;
+            for a_sends in [true, false] {
+                let (sender, receiver, outcome) = if a_sends {
+                    (&mut *a, &mut *b, &mut outcomes[0])
+                } else {
+                    (&mut *b, &mut *a, &mut outcomes[1])
+                };
+                loop {
+                    match sender.poll_output(&mut buf) {
+                        DtlsOutput::Packet(p) => {
+                            let p = p.to_vec();
+                            receiver.handle_packet(&p).expect("handle packet");
+                            moved = true;
+                        }
+                        DtlsOutput::Connected => outcome.connected = true,
+                        DtlsOutput::PeerCert(c) => outcome.peer_cert = Some(c.to_vec()),
+                        DtlsOutput::KeyingMaterial(k, p) => outcome.keying = Some((k.to_vec(), p)),
+                        DtlsOutput::Timeout(_) => break,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    fn pair(client_cert: &DtlsCert) -> (DtlsCert, Box<dyn DtlsInstance>, Box<dyn DtlsInstance>) {
+        let provider = crypto_provider();
+        let server_cert = provider.dtls_provider.generate_certificate().expect("cert");
+        let now = Instant::now();
+        let mut server = provider
+            .dtls_provider
+            .new_dtls(&server_cert, now, DtlsVersion::Dtls12, None)
+            .expect("server");
+        let mut client = provider
+            .dtls_provider
+            .new_dtls(client_cert, now, DtlsVersion::Dtls12, None)
+            .expect("client");
+        server.set_active(false);
+        client.set_active(true);
+        (server_cert, server, client)
+    }
+
+    #[test]
+    fn an_rsa_client_completes_the_handshake_and_both_sides_share_srtp_keys() {
+        let client_cert = rsa_cert();
+        let (server_cert, mut server, mut client) = pair(&client_cert);
+        let [c, s] = run(client.as_mut(), server.as_mut());
+        assert!(c.connected && s.connected);
+        assert_eq!(s.peer_cert.as_deref(), Some(&client_cert.certificate[..]));
+        assert_eq!(c.peer_cert.as_deref(), Some(&server_cert.certificate[..]));
+        let (server_keys, profile) = s.keying.expect("server keys");
+        assert_eq!(server_keys.len(), profile.keying_material_len());
+        assert_eq!(c.keying.expect("client keys"), (server_keys, profile));
+    }
+
+    #[test]
+    fn a_garbled_handshake_fails_with_an_error_and_a_flood_is_bounded() {
+        let (_, mut server, _) = pair(&rsa_cert());
+        // A DTLS 1.2 handshake record header followed by nonsense.
+        let mut garbage = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40];
+        garbage.extend([0xab; 40]);
+        let result = server.handle_packet(&garbage);
+        assert!(result.is_err(), "{result:?}");
+
+        // Datagrams that arrive before the role is known wait, up to the queue's limit.
+        let mut idle_unstarted = crypto_provider()
+            .dtls_provider
+            .new_dtls(&rsa_cert(), Instant::now(), DtlsVersion::Dtls12, None)
+            .expect("dtls");
+        let full = (0..2 * MAX_QUEUED)
+            .map(|_| idle_unstarted.handle_packet(&[0; 10]))
+            .filter(|r| matches!(r, Err(DtlsImplError::ReceiveQueueFull)))
+            .count();
+        assert_eq!(full, MAX_QUEUED);
+    }
+}
