@@ -1,6 +1,7 @@
 //! A UDP bottleneck between one WebRTC client and the server, on loopback: packets towards the
 //! client pass a rate limit with a bounded queue (drop-tail past `MAX_QUEUE_DELAY`), like a slow
-//! access link. The client is pointed at [`Shim::addr`] by rewriting the answer's candidate.
+//! access link, and optionally every n-th of them is lost. The client is pointed at
+//! [`Shim::addr`] by rewriting the answer's candidate.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +18,8 @@ pub struct Shim {
     addr: SocketAddr,
     rate_bps: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+    lose_every: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -33,6 +36,8 @@ impl Shim {
             addr: front.local_addr()?,
             rate_bps: Arc::new(AtomicU64::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
+            lose_every: Arc::new(AtomicU64::new(0)),
+            lost: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
@@ -63,11 +68,19 @@ impl Shim {
             shim.dropped.clone(),
             shim.stop.clone(),
         );
+        let (lose_every, lost) = (shim.lose_every.clone(), shim.lost.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             let mut next_free = Instant::now();
+            let mut seen = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let Ok(n) = b.recv(&mut buf) else { continue };
+                seen += 1;
+                let every = lose_every.load(Ordering::Relaxed);
+                if every > 0 && seen.is_multiple_of(every) {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let now = Instant::now();
                 let bps = rate.load(Ordering::Relaxed);
                 let depart = if bps == 0 { now } else { next_free.max(now) };
@@ -106,6 +119,16 @@ impl Shim {
     /// Limits server -> client traffic to `bps` bits per second; 0 removes the limit.
     pub fn set_rate(&self, bps: u64) {
         self.rate_bps.store(bps, Ordering::Relaxed);
+    }
+
+    /// Loses every `n`th server -> client packet (0: none), like a lossy radio link.
+    pub fn lose_every(&self, n: u64) {
+        self.lose_every.store(n, Ordering::Relaxed);
+    }
+
+    /// Packets lost on purpose so far.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Packets dropped by the bottleneck so far.

@@ -47,6 +47,51 @@ fn video_tracks(server: &Server, channel: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A bare WHEP viewer whose answer points at the shim instead of the server; its video stats
+/// land in `window.v.video` every 500 ms, the session's `Location` in `window.v.loc`.
+fn shim_viewer(channel: &str, shim: &interop_tests::Shim) -> String {
+    r#"
+      window.v = {};
+      (async () => {
+        const pc = new RTCPeerConnection();
+        pc.addTransceiver("video", { direction: "recvonly" });
+        pc.addTransceiver("audio", { direction: "recvonly" });
+        const el = document.createElement("video");
+        el.muted = true; el.autoplay = true; document.body.appendChild(el);
+        pc.ontrack = e => {
+          if (e.track.kind === "video") { el.srcObject = new MediaStream([e.track]); el.play().catch(() => {}); }
+        };
+        await pc.setLocalDescription(await pc.createOffer());
+        await new Promise(r => {
+          if (pc.iceGatheringState === "complete") return r();
+          pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") r(); };
+          setTimeout(r, 1000);
+        });
+        const res = await fetch("/whep/CHANNEL", {
+          method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+        });
+        window.v.loc = res.headers.get("Location");
+        const sdp = (await res.text()).replace(/(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+/g, "$1" + PORT);
+        await pc.setRemoteDescription({ type: "answer", sdp });
+        setInterval(async () => {
+          (await pc.getStats()).forEach(s => {
+            if (s.type === "inbound-rtp" && s.kind === "video") {
+              window.v.video = {
+                framesDecoded: s.framesDecoded, frameWidth: s.frameWidth, nackCount: s.nackCount,
+                packetsLost: s.packetsLost, packetsReceived: s.packetsReceived,
+                retransmittedPacketsReceived: s.retransmittedPacketsReceived,
+                freezeCount: s.freezeCount, pliCount: s.pliCount,
+              };
+            }
+          });
+        }, 500);
+      })();
+      return true;
+    "#
+    .replace("CHANNEL", channel)
+    .replace("PORT", &shim.addr().port().to_string())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_publishes_simulcast_over_whip_and_a_viewer_switches_layers() -> Result<()> {
     let server = Server::start(Some(
@@ -97,6 +142,7 @@ async fn chromium_publishes_simulcast_over_whip_and_a_viewer_switches_layers() -
     );
 
     // The picker overrides the automatic choice: down to the lowest layer, then back up.
+    let freezes_before = num(&first, "video.freezeCount");
     for (layer, width) in [("video.l", 240.0), ("video.h", 960.0)] {
         viewer
             .eval(&format!(
@@ -117,6 +163,14 @@ async fn chromium_publishes_simulcast_over_whip_and_a_viewer_switches_layers() -
         );
         ensure!(num(&later, "sessions") == 1.0, "same session: {later}");
     }
+    // Switches happen at the new layer's keyframe while the old layer plays on, so Chromium
+    // should see no gap it counts as a freeze (one is allowed for a busy 2-core machine).
+    let freezes = num(&viewer.eval(PLAYER).await?, "video.freezeCount") - freezes_before;
+    eprintln!("freezes across two layer switches: {freezes}");
+    ensure!(
+        freezes <= 1.0,
+        "{freezes} freezes across two layer switches"
+    );
     let (_, metrics) = server.get("/metrics")?;
     eprintln!(
         "{}",
@@ -256,44 +310,9 @@ async fn a_throttled_viewer_moves_to_a_lower_layer_and_back() -> Result<()> {
         Ok(video_tracks(&server, "slow")?.len() == 3)
     })?;
 
-    // A bare WHEP viewer whose answer points at the shim instead of the server.
     let viewer = Browser::start().await?;
     viewer.client.goto(&server.url("/healthz")).await?;
-    let script = r#"
-      window.v = {};
-      (async () => {
-        const pc = new RTCPeerConnection();
-        pc.addTransceiver("video", { direction: "recvonly" });
-        pc.addTransceiver("audio", { direction: "recvonly" });
-        const el = document.createElement("video");
-        el.muted = true; el.autoplay = true; document.body.appendChild(el);
-        pc.ontrack = e => {
-          if (e.track.kind === "video") { el.srcObject = new MediaStream([e.track]); el.play().catch(() => {}); }
-        };
-        await pc.setLocalDescription(await pc.createOffer());
-        await new Promise(r => {
-          if (pc.iceGatheringState === "complete") return r();
-          pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") r(); };
-          setTimeout(r, 1000);
-        });
-        const res = await fetch("/whep/slow", {
-          method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
-        });
-        window.v.loc = res.headers.get("Location");
-        const sdp = (await res.text()).replace(/(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+/g, "$1" + PORT);
-        await pc.setRemoteDescription({ type: "answer", sdp });
-        setInterval(async () => {
-          (await pc.getStats()).forEach(s => {
-            if (s.type === "inbound-rtp" && s.kind === "video") {
-              window.v.video = { framesDecoded: s.framesDecoded, frameWidth: s.frameWidth };
-            }
-          });
-        }, 500);
-      })();
-      return true;
-    "#
-    .replace("PORT", &shim.addr().port().to_string());
-    viewer.eval(&script).await?;
+    viewer.eval(&shim_viewer("slow", &shim)).await?;
     const STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
     let joined = wait_until(
         &viewer,
@@ -346,4 +365,69 @@ async fn a_throttled_viewer_moves_to_a_lower_layer_and_back() -> Result<()> {
     );
     viewer.close().await?;
     publisher.close().await
+}
+
+/// A viewer on a lossy link (every 25th packet towards it lost): it asks for what is missing by
+/// NACK, the server resends it over RTX, and video keeps decoding without keyframe requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lossy_viewer_gets_lost_packets_back_by_nack_and_rtx() -> Result<()> {
+    let server = Server::start(None)?;
+    let _ffmpeg = Ffmpeg::push_rtmp(
+        &server.rtmp_url("lossy"),
+        &[
+            "-bf",
+            "0",
+            "-g",
+            "60",
+            "-b:v",
+            "1500k",
+            "-tune",
+            "zerolatency",
+        ],
+    )?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("lossy")?.is_some())
+    })?;
+    let shim = interop_tests::Shim::start(server.webrtc)?;
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&server.url("/healthz")).await?;
+    viewer.eval(&shim_viewer("lossy", &shim)).await?;
+    const STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
+    let before = wait_until(
+        &viewer,
+        STATE,
+        Duration::from_secs(30),
+        "decoding via the shim",
+        |v| num(v, "video.framesDecoded") > 10.0,
+    )
+    .await?;
+
+    shim.lose_every(25);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = viewer.eval(STATE).await?;
+    let (lost, nacks) = (shim.lost(), num(&after, "video.nackCount"));
+    let resent = num(&after, "video.retransmittedPacketsReceived");
+    let decoded = num(&after, "video.framesDecoded") - num(&before, "video.framesDecoded");
+    let (plis, freezes) = (
+        num(&after, "video.pliCount"),
+        num(&after, "video.freezeCount"),
+    );
+    eprintln!(
+        "lossy link: shim lost {lost} packets (audio and RTCP among them); viewer sent {nacks} NACKs, \
+         received {resent} retransmissions, decoded {decoded} frames in 8 s, {plis} PLIs, {freezes} freezes"
+    );
+    ensure!(lost >= 50, "the shim lost too little to tell: {lost}");
+    ensure!(nacks >= 10.0, "the viewer asked for lost packets: {after}");
+    // (Chromium's packetsLost counts a packet repaired over RTX as lost on the media SSRC, so
+    // the repairs show as retransmissions received, and as no keyframe requests and no freezes.)
+    ensure!(resent >= 0.8 * nacks, "the NACKs were answered: {after}");
+    ensure!(
+        plis <= 1.0 && freezes <= 1.0,
+        "repaired without keyframes or freezes: {after}"
+    );
+    ensure!(
+        decoded > 150.0,
+        "video kept decoding: {decoded} frames in 8 s"
+    );
+    viewer.close().await
 }

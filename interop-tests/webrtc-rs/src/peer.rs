@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use rtc::crypto::{self, SignatureScheme};
 use rtc::dtls::cipher_suite::CipherSuiteId;
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -72,7 +73,11 @@ impl Peer {
         if let Some(path) = &dtls.rsa_key {
             config = config.with_certificates(vec![rsa_certificate(path)?]);
         }
-        let mut settings = SettingEngineBuilder::new().with_include_loopback_candidate(true);
+        // Loopback host candidates only, and no mDNS: a test's network namespace has no
+        // multicast-capable interface.
+        let mut settings = SettingEngineBuilder::new()
+            .with_include_loopback_candidate(true)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled);
         if dtls.ecdsa_only {
             settings = settings.with_dtls_cipher_suites(vec![
                 CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256,
