@@ -1,0 +1,199 @@
+//! `starling-bench`: a WHEP load generator. It starts a Starling server (pinned to one core) or
+//! uses a running one, publishes a synthetic H.264 stream over WHIP, joins N str0m viewers, and
+//! prints one markdown table row per N: viewers connected, join time, loss, late frames,
+//! end-to-end latency, and the server's CPU and memory from /proc. Loopback only; every run is
+//! bounded in time.
+//!
+//! ```text
+//! starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] [--seconds 15]
+//!                [--server-bin target/release/starling] [--server-cpu 0] [--threads 1]
+//!                [--server http://127.0.0.1:8080 --server-pid PID]
+//! ```
+
+mod h264;
+mod http;
+mod peer;
+mod procfs;
+mod publisher;
+mod report;
+mod server;
+mod viewer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The most viewers one run may ask for.
+const MAX_VIEWERS: usize = 5000;
+/// The longest measuring window.
+const MAX_SECONDS: u64 = 300;
+/// Viewers start this far apart.
+const RAMP_STEP: Duration = Duration::from_millis(5);
+/// Time after the last viewer started before measuring begins.
+const SETTLE: Duration = Duration::from_secs(3);
+const FPS: u32 = 30;
+
+pub struct Args {
+    viewers: Vec<usize>,
+    bitrate_kbps: u32,
+    gop_secs: u32,
+    seconds: u64,
+    server_bin: String,
+    server_cpu: Option<u32>,
+    threads: usize,
+    server: Option<String>,
+    server_pid: Option<u32>,
+}
+
+fn parse() -> Result<Args> {
+    let mut args = Args {
+        viewers: vec![50],
+        bitrate_kbps: 2500,
+        gop_secs: 4,
+        seconds: 15,
+        server_bin: "target/release/starling".into(),
+        server_cpu: Some(0),
+        threads: 1,
+        server: None,
+        server_pid: None,
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        let value = argv.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--viewers" => {
+                args.viewers = value
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--bitrate-kbps" => args.bitrate_kbps = value.parse()?,
+            "--gop-secs" => args.gop_secs = value.parse()?,
+            "--seconds" => args.seconds = value.parse()?,
+            "--server-bin" => args.server_bin = value,
+            "--server-cpu" => args.server_cpu = value.parse().ok(),
+            "--threads" => args.threads = value.parse()?,
+            "--server" => args.server = Some(value),
+            "--server-pid" => args.server_pid = Some(value.parse()?),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if args.viewers.iter().any(|&n| n == 0 || n > MAX_VIEWERS) || args.seconds > MAX_SECONDS {
+        bail!("viewers must be 1..={MAX_VIEWERS} and seconds at most {MAX_SECONDS}");
+    }
+    Ok(args)
+}
+
+fn main() -> Result<()> {
+    let args = parse()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("starling-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let stream = server::make_h264(&dir, args.bitrate_kbps, args.gop_secs, FPS)?;
+    let units = h264::access_units(&stream);
+    anyhow::ensure!(!units.is_empty(), "ffmpeg made no access units");
+
+    let spawned;
+    let (base, pid, log) = match (&args.server, args.server_pid) {
+        (Some(url), Some(pid)) => (url.clone(), pid.to_string(), None),
+        (Some(_), None) | (None, Some(_)) => bail!("--server and --server-pid go together"),
+        (None, None) => {
+            spawned = server::Spawned::start(&args.server_bin, args.server_cpu, &dir)?;
+            let log = Some(spawned.log.clone());
+            (spawned.url.clone(), spawned.pid().to_string(), log)
+        }
+    };
+    let total: u64 = args.viewers.iter().map(|&n| run_secs(n, args.seconds) + 3).sum();
+    let until = Instant::now() + Duration::from_secs(total + 5);
+    let publisher = tokio::spawn(publisher::run(
+        format!("{base}/whip/bench"),
+        units,
+        FPS,
+        until,
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    println!("{}", report::HEADER);
+    for &n in &args.viewers {
+        let row = one_run(&base, &pid, log.as_deref(), n, &args).await?;
+        println!("{row}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    publisher.abort();
+    if std::env::var_os("STARLING_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!(
+        "\n{} Mbit/s H.264 {}p30, GOP {} s; server pinned to CPU {:?}; generator threads: {}; \
+         machine: {} cores",
+        f64::from(args.bitrate_kbps) / 1000.0,
+        720,
+        args.gop_secs,
+        args.server_cpu,
+        args.threads,
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map_or(0, |c| c.lines().filter(|l| l.starts_with("processor")).count()),
+    );
+    Ok(())
+}
+
+fn run_secs(viewers: usize, seconds: u64) -> u64 {
+    (RAMP_STEP * viewers as u32 + SETTLE).as_secs() + seconds + 1
+}
+
+async fn one_run(
+    base: &str,
+    pid: &str,
+    log: Option<&std::path::Path>,
+    n: usize,
+    args: &Args,
+) -> Result<String> {
+    let rss_before = procfs::rss_kib(pid)?;
+    let log_from = log.and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let window_start = start + RAMP_STEP * n as u32 + SETTLE;
+    let window_end = window_start + Duration::from_secs(args.seconds);
+    let mut viewers = Vec::with_capacity(n);
+    for _ in 0..n {
+        viewers.push(tokio::spawn(viewer::run(
+            format!("{base}/whep/bench"),
+            measuring.clone(),
+            window_end,
+        )));
+        tokio::time::sleep(RAMP_STEP).await;
+    }
+    tokio::time::sleep_until(window_start.into()).await;
+    let (server_cpu0, own_cpu0) = (procfs::cpu_secs(pid)?, procfs::cpu_secs("self")?);
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep_until(window_end.into()).await;
+    measuring.store(false, Ordering::Relaxed);
+    let window = window_end.duration_since(window_start).as_secs_f64();
+    let server_cpu = (procfs::cpu_secs(pid)? - server_cpu0) / window;
+    let own_cpu = (procfs::cpu_secs("self")? - own_cpu0) / window;
+    let rss_after = procfs::rss_kib(pid)?;
+
+    let mut reports = Vec::with_capacity(n);
+    for v in viewers {
+        reports.push(v.await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server_added_us = log.and_then(|l| server::server_added_p50_us(l, log_from));
+    Ok(report::row(&report::Run {
+        viewers: n,
+        reports,
+        server_cpu,
+        own_cpu,
+        rss_delta_kib: rss_after.saturating_sub(rss_before),
+        server_added_us,
+    }))
+}

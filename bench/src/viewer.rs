@@ -1,0 +1,90 @@
+//! One synthetic WHEP viewer: full ICE, DTLS and SRTP through str0m, frames reassembled but not
+//! decoded. Counts what arrives while the run's measuring window is open.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use str0m::media::{Direction, MediaKind};
+use str0m::{Event, Rtc};
+
+use crate::h264;
+use crate::peer::Peer;
+
+/// A frame later than this after the publisher sent it counts as late.
+pub const LATE_US: u64 = 100_000;
+
+#[derive(Default)]
+pub struct Report {
+    pub error: Option<String>,
+    /// POST to the first complete keyframe.
+    pub join_ms: Option<f64>,
+    pub frames: u64,
+    pub late_frames: u64,
+    /// Publisher send -> reassembled here, one per frame measured.
+    pub latency_us: Vec<u32>,
+    /// RTP packets in complete frames, and the sequence-number span they came from.
+    pub packets: u64,
+    pub span: u64,
+}
+
+pub async fn run(endpoint: String, measuring: Arc<AtomicBool>, until: Instant) -> Report {
+    let mut report = Report::default();
+    if let Err(err) = watch(&endpoint, &measuring, until, &mut report).await {
+        report.error = Some(format!("{err:#}"));
+    }
+    report
+}
+
+async fn watch(
+    endpoint: &str,
+    measuring: &AtomicBool,
+    until: Instant,
+    report: &mut Report,
+) -> Result<()> {
+    let started = Instant::now();
+    let rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(started);
+    let (mut rtc, socket, local) = Peer::bind(rtc).await?;
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().context("offer")?;
+    let mut peer =
+        Peer::negotiate(rtc, socket, local, offer.to_sdp_string(), pending, endpoint).await?;
+
+    let mut seq_first: Option<u64> = None;
+    let mut seq_last = 0;
+    let result = peer
+        .run_until(until, &mut |_, event| {
+            let Event::MediaData(data) = event else {
+                return;
+            };
+            if report.join_ms.is_none() && data.is_keyframe() {
+                report.join_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            if !measuring.load(Ordering::Relaxed) || report.join_ms.is_none() {
+                return;
+            }
+            let (first, last) = (**data.seq_range.start(), **data.seq_range.end());
+            seq_first.get_or_insert(first);
+            seq_last = seq_last.max(last);
+            report.packets += last - first + 1;
+            report.frames += 1;
+            if let Some(sent) = h264::stamp_of(&data.data) {
+                let latency = h264::now_micros().saturating_sub(sent);
+                report.latency_us.push(u32::try_from(latency).unwrap_or(u32::MAX));
+                if latency > LATE_US {
+                    report.late_frames += 1;
+                }
+            }
+        })
+        .await;
+    if let Some(first) = seq_first {
+        report.span = seq_last - first + 1;
+    }
+    peer.hang_up().await;
+    result
+}
