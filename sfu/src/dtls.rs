@@ -79,6 +79,7 @@ impl DtlsProvider for OpensslDtls {
         Ok(Box::new(Session {
             stream: SslStream::new(ssl, Datagrams::default())
                 .map_err(|err| CryptoError::Other(format!("OpenSSL DTLS setup: {err}")))?,
+            may_have_output: true,
             active: None,
             connected: false,
             connected_told: false,
@@ -147,6 +148,9 @@ struct Secrets {
 
 struct Session {
     stream: SslStream<Datagrams>,
+    /// OpenSSL may have queued datagrams since `poll_output` last found none: false spares
+    /// the per-poll trip through OpenSSL to its BIO once a session is established.
+    may_have_output: bool,
     active: Option<bool>,
     connected: bool,
     connected_told: bool,
@@ -173,6 +177,7 @@ fn failed(operation: CryptoOperation) -> DtlsImplError {
 impl Session {
     /// Runs the handshake as far as the datagrams received allow.
     fn handshake(&mut self) -> Result<(), DtlsImplError> {
+        self.may_have_output = true;
         let step = match self.active {
             _ if self.connected => return Ok(()),
             None => return Ok(()),
@@ -218,6 +223,7 @@ impl Session {
 
     /// Decrypts what arrived after the handshake.
     fn read_application_data(&mut self) -> Result<(), DtlsImplError> {
+        self.may_have_output = true;
         let mut buf = vec![0; 16 * 1024];
         loop {
             match self.stream.ssl_read(&mut buf) {
@@ -268,10 +274,17 @@ impl DtlsInstance for Session {
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        if let Some(datagram) = self.stream.get_mut().outgoing.pop_front() {
+        let next = if self.may_have_output {
+            self.stream.get_mut().outgoing.pop_front()
+        } else {
+            None
+        };
+        self.may_have_output = next.is_some();
+        if let Some(datagram) = next {
             if datagram.len() > buf.len() {
                 let needed = datagram.len();
                 self.stream.get_mut().outgoing.push_front(datagram);
+                self.may_have_output = true;
                 return DtlsOutput::BufferTooSmall { needed };
             }
             buf[..datagram.len()].copy_from_slice(&datagram);
@@ -325,6 +338,7 @@ impl DtlsInstance for Session {
         if !self.connected || data.is_empty() {
             return Ok(0);
         }
+        self.may_have_output = true;
         self.stream.ssl_write(data).map_err(|err| {
             debug!(%err, "DTLS write failed");
             failed(CryptoOperation::Encrypt)
@@ -349,6 +363,7 @@ impl DtlsInstance for Session {
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
         if self.connected && !self.closing {
+            self.may_have_output = true;
             let _ = self.stream.shutdown();
         }
         self.closing = true;

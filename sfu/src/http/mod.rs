@@ -143,6 +143,9 @@ fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
     Ok(offer)
 }
 
+/// RTP packets of video each session keeps for resends.
+const VIDEO_SEND_BUFFER: usize = 500;
+
 /// An ICE-lite `Rtc` that knows every codec Starling moves, with our host candidates.
 fn new_rtc(sfu: &Sfu, bwe: bool) -> Rtc {
     let mut builder = Rtc::builder()
@@ -154,7 +157,10 @@ fn new_rtc(sfu: &Sfu, bwe: bool) -> Rtc {
         .enable_vp9(true)
         .enable_av1(true)
         .enable_h265(true)
-        .enable_opus(true, false);
+        .enable_opus(true, false)
+        // Packets kept per viewer for NACK resends: about 2 s at 2.5 Mbit/s and room for
+        // a large keyframe (str0m's default of 1000 cost ~1.2 MB per viewer).
+        .set_send_buffer_video(VIDEO_SEND_BUFFER);
     if bwe {
         builder = builder.enable_bwe(Some(str0m::bwe::Bitrate::kbps(2_500)));
     }

@@ -39,7 +39,15 @@ pub(super) async fn offer(
     if sfu.viewers() >= sfu.inner.config.max_viewers {
         return text(StatusCode::SERVICE_UNAVAILABLE, "this node is full");
     }
-    let mut rtc = new_rtc(&sfu, true);
+    // Bandwidth estimation only serves the choice between simulcast layers; one layer
+    // does without its per-packet cost.
+    let layered = broadcast
+        .track_names()
+        .iter()
+        .filter(|n| tracks::is_video(n))
+        .count()
+        > 1;
+    let mut rtc = new_rtc(&sfu, layered);
     let super::Negotiated {
         answer,
         ufrag,
