@@ -14,7 +14,11 @@ pub fn access_units(stream: &[u8]) -> Vec<Vec<u8>> {
     while i + 4 <= stream.len() {
         if stream[i..i + 3] == [0, 0, 1] {
             if stream[i + 3] & 0x1f == 9 {
-                starts.push(if i > 0 && stream[i - 1] == 0 { i - 1 } else { i });
+                starts.push(if i > 0 && stream[i - 1] == 0 {
+                    i - 1
+                } else {
+                    i
+                });
             }
             i += 3;
         } else {
@@ -30,7 +34,8 @@ pub fn access_units(stream: &[u8]) -> Vec<Vec<u8>> {
 
 /// Whether the access unit holds an IDR slice.
 pub fn is_keyframe(unit: &[u8]) -> bool {
-    unit.windows(4).any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
+    unit.windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
 }
 
 pub fn now_micros() -> u64 {
@@ -47,7 +52,11 @@ pub fn stamped(unit: &[u8], micros: u64) -> Vec<u8> {
     sei.extend_from_slice(hex.as_bytes());
     sei.push(0x80);
     // After the AUD (start code + 2 bytes); units without one get the SEI in front.
-    let aud_end = if unit.starts_with(&[0, 0, 0, 1]) { 6 } else { 5 };
+    let aud_end = if unit.starts_with(&[0, 0, 0, 1]) {
+        6
+    } else {
+        5
+    };
     let split = if unit.len() >= aud_end { aud_end } else { 0 };
     let mut out = Vec::with_capacity(unit.len() + sei.len());
     out.extend_from_slice(&unit[..split]);

@@ -34,7 +34,8 @@ pub async fn send(method: &str, url: &str, body: &str) -> Result<Reply> {
         .context("no status")?;
     let location = lines.find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("location").then(|| v.trim().to_owned())
+        k.eq_ignore_ascii_case("location")
+            .then(|| v.trim().to_owned())
     });
     Ok(Reply {
         status,

@@ -61,13 +61,12 @@ fn parse() -> Result<Args> {
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
-        let value = argv.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = argv
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--viewers" => {
-                args.viewers = value
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
+                args.viewers = value.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
             "--bitrate-kbps" => args.bitrate_kbps = value.parse()?,
             "--gop-secs" => args.gop_secs = value.parse()?,
@@ -112,7 +111,11 @@ async fn run(args: Args) -> Result<()> {
             (spawned.url.clone(), spawned.pid().to_string(), log)
         }
     };
-    let total: u64 = args.viewers.iter().map(|&n| run_secs(n, args.seconds) + 3).sum();
+    let total: u64 = args
+        .viewers
+        .iter()
+        .map(|&n| run_secs(n, args.seconds) + 3)
+        .sum();
     let until = Instant::now() + Duration::from_secs(total + 5);
     let publisher = tokio::spawn(publisher::run(
         format!("{base}/whip/bench"),
@@ -140,8 +143,10 @@ async fn run(args: Args) -> Result<()> {
         args.gop_secs,
         args.server_cpu,
         args.threads,
-        std::fs::read_to_string("/proc/cpuinfo")
-            .map_or(0, |c| c.lines().filter(|l| l.starts_with("processor")).count()),
+        std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| c
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()),
     );
     Ok(())
 }
@@ -158,7 +163,9 @@ async fn one_run(
     args: &Args,
 ) -> Result<String> {
     let rss_before = procfs::rss_kib(pid)?;
-    let log_from = log.and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
+    let log_from = log
+        .and_then(|l| std::fs::metadata(l).ok())
+        .map_or(0, |m| m.len());
     let measuring = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let window_start = start + RAMP_STEP * n as u32 + SETTLE;

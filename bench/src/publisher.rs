@@ -21,8 +21,15 @@ pub async fn run(endpoint: String, units: Vec<Vec<u8>>, fps: u32, until: Instant
     let mut api = rtc.sdp_api();
     let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
     let (offer, pending) = api.apply().context("offer")?;
-    let mut peer = Peer::negotiate(rtc, socket, local, offer.to_sdp_string(), pending, &endpoint)
-        .await?;
+    let mut peer = Peer::negotiate(
+        rtc,
+        socket,
+        local,
+        offer.to_sdp_string(),
+        pending,
+        &endpoint,
+    )
+    .await?;
 
     // Like a real encoder, a keyframe request is answered with the next frame: the file's
     // position jumps to its nearest keyframe.
@@ -46,7 +53,11 @@ pub async fn run(endpoint: String, units: Vec<Vec<u8>>, fps: u32, until: Instant
             continue;
         }
         if wanted.swap(false, Ordering::Relaxed) && !keyframes.contains(&at) {
-            at = keyframes.iter().copied().find(|&k| k > at).unwrap_or(keyframes[0]);
+            at = keyframes
+                .iter()
+                .copied()
+                .find(|&k| k > at)
+                .unwrap_or(keyframes[0]);
         }
         write(&mut peer.rtc, mid, sent, fps, &units[at])?;
         sent += 1;

@@ -15,10 +15,32 @@ pub fn make_h264(dir: &Path, kbps: u32, gop_secs: u32, fps: u32) -> Result<Vec<u
     let gop = (gop_secs * fps).to_string();
     let rate = format!("{kbps}k");
     let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(format!("testsrc2=size=1280x720:rate={fps}"))
-        .args(["-t", &(2 * gop_secs).to_string(), "-c:v", "libx264", "-preset", "veryfast"])
-        .args(["-tune", "zerolatency", "-profile:v", "baseline", "-pix_fmt", "yuv420p"])
+        .args([
+            "-t",
+            &(2 * gop_secs).to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+        ])
+        .args([
+            "-tune",
+            "zerolatency",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-b:v", &rate, "-maxrate", &rate, "-bufsize", &rate])
         .args(["-g", &gop, "-keyint_min", &gop, "-sc_threshold", "0"])
         .args(["-x264-params", "aud=1:repeat-headers=1", "-f", "h264"])
@@ -109,7 +131,10 @@ pub fn server_added_p50_us(log: &Path, from: u64) -> Option<f64> {
         .lines()
         .filter_map(|line| {
             let at = line.find("p50_us=")? + "p50_us=".len();
-            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
             digits.parse().ok()
         })
         .collect();

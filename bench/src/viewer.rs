@@ -75,7 +75,9 @@ async fn watch(
             report.frames += 1;
             if let Some(sent) = h264::stamp_of(&data.data) {
                 let latency = h264::now_micros().saturating_sub(sent);
-                report.latency_us.push(u32::try_from(latency).unwrap_or(u32::MAX));
+                report
+                    .latency_us
+                    .push(u32::try_from(latency).unwrap_or(u32::MAX));
                 if latency > LATE_US {
                     report.late_frames += 1;
                 }
