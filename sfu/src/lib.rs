@@ -5,6 +5,7 @@
 
 mod config;
 mod dtls;
+mod egress;
 mod http;
 mod latency;
 mod layers;
@@ -64,6 +65,7 @@ struct Inner {
     ingest: Ingest,
     config: WebRtcConfig,
     socket: Arc<UdpSocket>,
+    egress: Arc<egress::Egress>,
     local_addr: SocketAddr,
     candidates: Vec<SocketAddr>,
     routes: Mutex<Routes>,
@@ -98,11 +100,16 @@ impl Sfu {
         if candidates.is_empty() {
             return Err(SfuError::NoCandidates);
         }
+        let socket = Arc::new(socket);
+        let egress =
+            egress::Egress::new(socket.clone()).map_err(|e| SfuError::Bind(config.listen, e))?;
+        egress::log_capabilities(&egress);
         let inner = Inner {
             bus: ingest.bus().clone(),
             ingest,
             config,
-            socket: Arc::new(socket),
+            socket,
+            egress: Arc::new(egress),
             local_addr,
             candidates,
             routes: Mutex::default(),

@@ -8,10 +8,10 @@ use std::time::Instant;
 use media::ChannelName;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, IceCreds, Input, Rtc};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{debug, trace};
+use tracing::debug;
 
+use crate::egress::Batch;
 use crate::layers::LayerStatus;
 
 /// Datagrams queued for one peer before new ones are dropped.
@@ -58,7 +58,7 @@ impl PeerHandle {
 pub(crate) struct PeerIo {
     pub(crate) datagrams: mpsc::Receiver<Datagram>,
     pub(crate) control: mpsc::Receiver<Control>,
-    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) out: Batch,
     pub(crate) local: SocketAddr,
 }
 
@@ -83,11 +83,14 @@ impl PeerIo {
         })
     }
 
-    /// Sends one datagram str0m produced. Loss on a full socket is left to RTP to recover.
-    pub(crate) async fn send(&self, t: &str0m::net::Transmit) {
-        if let Err(err) = self.socket.send_to(&t.contents, t.destination).await {
-            trace!(%err, "udp send");
-        }
+    /// Queues one datagram str0m produced; [`PeerIo::flush`] sends what is queued.
+    pub(crate) async fn send(&mut self, t: &str0m::net::Transmit) {
+        self.out.push(t.destination, &t.contents).await;
+    }
+
+    /// Sends the datagrams of this poll (call when str0m has nothing more to send).
+    pub(crate) async fn flush(&mut self) {
+        self.out.flush().await;
     }
 }
 

@@ -115,7 +115,10 @@ impl Publisher {
             })?;
             match output {
                 Output::Transmit(t) => self.io.send(&t).await,
-                Output::Timeout(deadline) => return Ok(deadline),
+                Output::Timeout(deadline) => {
+                    self.io.flush().await;
+                    return Ok(deadline);
+                }
                 Output::Event(event) => match event {
                     Event::Connected => info!("publisher connected"),
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {

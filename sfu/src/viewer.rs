@@ -175,7 +175,10 @@ impl Viewer {
                     }
                     self.io.send(&t).await;
                 }
-                Output::Timeout(deadline) => return Ok(deadline),
+                Output::Timeout(deadline) => {
+                    self.io.flush().await;
+                    return Ok(deadline);
+                }
                 Output::Event(event) => match event {
                     Event::Connected => {
                         c.connected = true;

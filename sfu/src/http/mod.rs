@@ -308,7 +308,7 @@ fn register(
     let io = PeerIo {
         datagrams,
         control,
-        socket: sfu.inner.socket.clone(),
+        out: crate::egress::Batch::new(sfu.inner.egress.clone()),
         local: sfu.inner.local_addr,
     };
     (id, io)

@@ -1,0 +1,157 @@
+//! Sending on the shared UDP socket in batches: the datagrams one peer's poll produces for one
+//! destination go out in a single `sendmsg` with UDP GSO (a frame's RTP packets are all
+//! MTU-sized but the last, which is what GSO wants), where the kernel supports it, else one by
+//! one. One syscall and one trip through the stack per frame instead of per packet.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn_udp::{Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tracing::{trace, warn};
+
+/// A GSO send carries at most this many bytes (the UDP length limit, with headroom).
+const MAX_BATCH_BYTES: usize = 60_000;
+
+/// The socket every peer sends on, with what the kernel supports on it.
+pub(crate) struct Egress {
+    socket: Arc<UdpSocket>,
+    state: UdpSocketState,
+}
+
+impl Egress {
+    pub(crate) fn new(socket: Arc<UdpSocket>) -> io::Result<Self> {
+        let state = UdpSocketState::new((&*socket).into())?;
+        Ok(Self { socket, state })
+    }
+
+    async fn send(&self, transmit: &Transmit<'_>) {
+        let sent = self
+            .socket
+            .async_io(Interest::WRITABLE, || {
+                self.state.try_send((&*self.socket).into(), transmit)
+            })
+            .await;
+        if let Err(err) = sent {
+            // Loss on a full or failing socket is left to RTP to recover.
+            trace!(%err, "udp send");
+        }
+    }
+}
+
+/// One peer's datagrams waiting to go out together.
+pub(crate) struct Batch {
+    egress: Arc<Egress>,
+    buf: Vec<u8>,
+    destination: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ends a GSO batch: only the last segment may be short.
+    closed: bool,
+}
+
+impl Batch {
+    pub(crate) fn new(egress: Arc<Egress>) -> Self {
+        Self {
+            egress,
+            buf: Vec::with_capacity(MAX_BATCH_BYTES),
+            destination: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    /// Adds a datagram; sends what was waiting first if this one cannot join it.
+    pub(crate) async fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
+        let fits = self.count > 0
+            && !self.closed
+            && self.destination == Some(destination)
+            && datagram.len() <= self.segment
+            && self.count < self.egress.state.max_gso_segments()
+            && self.buf.len() + datagram.len() <= MAX_BATCH_BYTES;
+        if !fits {
+            self.flush().await;
+            self.destination = Some(destination);
+            self.segment = datagram.len();
+        }
+        self.buf.extend_from_slice(datagram);
+        self.count += 1;
+        self.closed = datagram.len() < self.segment;
+    }
+
+    /// Sends what is waiting.
+    pub(crate) async fn flush(&mut self) {
+        let Some(destination) = self.destination.take() else {
+            return;
+        };
+        if self.count > 0 {
+            let transmit = Transmit {
+                destination,
+                ecn: None,
+                contents: &self.buf,
+                segment_size: (self.count > 1).then_some(self.segment),
+                src_ip: None,
+            };
+            self.egress.send(&transmit).await;
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+/// Logs once at start whether batches go out with GSO.
+pub(crate) fn log_capabilities(egress: &Egress) {
+    let segments = egress.state.max_gso_segments();
+    if segments > 1 {
+        tracing::info!(segments, "udp: sending with GSO");
+    } else {
+        warn!("udp: GSO is not available; sending one datagram per syscall");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn receive_all(socket: &UdpSocket) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 2048];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buf)).await
+        {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_batch_arrives_as_the_datagrams_it_was_given_in_order() {
+        let sender = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let b = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let (to_a, to_b) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+        let mut batch = Batch::new(Arc::new(Egress::new(sender).expect("egress")));
+
+        // A frame: three full packets and a short last one; then one that must not join
+        // (longer than the segment), then another destination.
+        let sent_a: Vec<Vec<u8>> = [1200, 1200, 1200, 300, 1250]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| vec![i as u8; len])
+            .collect();
+        for d in &sent_a {
+            batch.push(to_a, d).await;
+        }
+        batch.push(to_b, &[9; 100]).await;
+        batch.flush().await;
+        batch.flush().await; // nothing left: sends nothing
+
+        assert_eq!(receive_all(&a).await, sent_a);
+        assert_eq!(receive_all(&b).await, vec![vec![9; 100]]);
+    }
+}
