@@ -7,6 +7,7 @@
 //! ```text
 //! starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] [--seconds 15]
 //!                [--server-bin target/release/starling] [--server-cpu 0] [--threads 1]
+//!                [--full-every 10]
 //!                [--server http://127.0.0.1:8080 --server-pid PID]
 //! ```
 
@@ -43,6 +44,7 @@ pub struct Args {
     server_bin: String,
     server_cpu: Option<u32>,
     threads: usize,
+    full_every: usize,
     server: Option<String>,
     server_pid: Option<u32>,
 }
@@ -56,6 +58,7 @@ fn parse() -> Result<Args> {
         server_bin: "target/release/starling".into(),
         server_cpu: Some(0),
         threads: 1,
+        full_every: 10,
         server: None,
         server_pid: None,
     };
@@ -74,6 +77,7 @@ fn parse() -> Result<Args> {
             "--server-bin" => args.server_bin = value,
             "--server-cpu" => args.server_cpu = value.parse().ok(),
             "--threads" => args.threads = value.parse()?,
+            "--full-every" => args.full_every = value.parse::<usize>()?.max(1),
             "--server" => args.server = Some(value),
             "--server-pid" => args.server_pid = Some(value.parse()?),
             other => bail!("unknown flag {other}"),
@@ -171,11 +175,12 @@ async fn one_run(
     let window_start = start + RAMP_STEP * n as u32 + SETTLE;
     let window_end = window_start + Duration::from_secs(args.seconds);
     let mut viewers = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         viewers.push(tokio::spawn(viewer::run(
             format!("{base}/whep/bench"),
             measuring.clone(),
             window_end,
+            i % args.full_every == 0,
         )));
         tokio::time::sleep(RAMP_STEP).await;
     }

@@ -23,10 +23,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn row(run: &Run) -> String {
+    // Connected: a full viewer that reassembled a keyframe, a light one that counted packets.
     let ok: Vec<&Report> = run
         .reports
         .iter()
-        .filter(|r| r.error.is_none() && r.join_ms.is_some())
+        .filter(|r| r.error.is_none() && (r.join_ms.is_some() || r.packets > 0))
         .collect();
     let mut joins: Vec<f64> = ok.iter().filter_map(|r| r.join_ms).collect();
     joins.sort_by(f64::total_cmp);

@@ -10,13 +10,15 @@ use str0m::media::{Direction, MediaKind};
 use str0m::{Event, Rtc};
 
 use crate::h264;
-use crate::peer::Peer;
+use crate::peer::{Peer, Skim};
 
 /// A frame later than this after the publisher sent it counts as late.
 pub const LATE_US: u64 = 100_000;
 
 #[derive(Default)]
 pub struct Report {
+    /// Whether this viewer reassembled frames (the others only count packets).
+    pub full: bool,
     pub error: Option<String>,
     /// POST to the first complete keyframe.
     pub join_ms: Option<f64>,
@@ -29,8 +31,18 @@ pub struct Report {
     pub span: u64,
 }
 
-pub async fn run(endpoint: String, measuring: Arc<AtomicBool>, until: Instant) -> Report {
-    let mut report = Report::default();
+/// `full`: decrypt and reassemble every frame (join time, latency); otherwise only count RTP
+/// packets from their clear headers, which costs the generator far less per viewer.
+pub async fn run(
+    endpoint: String,
+    measuring: Arc<AtomicBool>,
+    until: Instant,
+    full: bool,
+) -> Report {
+    let mut report = Report {
+        full,
+        ..Report::default()
+    };
     if let Err(err) = watch(&endpoint, &measuring, until, &mut report).await {
         report.error = Some(format!("{err:#}"));
     }
@@ -39,7 +51,7 @@ pub async fn run(endpoint: String, measuring: Arc<AtomicBool>, until: Instant) -
 
 async fn watch(
     endpoint: &str,
-    measuring: &AtomicBool,
+    measuring: &Arc<AtomicBool>,
     until: Instant,
     report: &mut Report,
 ) -> Result<()> {
@@ -54,6 +66,9 @@ async fn watch(
     let (offer, pending) = api.apply().context("offer")?;
     let mut peer =
         Peer::negotiate(rtc, socket, local, offer.to_sdp_string(), pending, endpoint).await?;
+    if !report.full {
+        peer.skim = Some(Skim::new(measuring.clone()));
+    }
 
     let mut seq_first: Option<u64> = None;
     let mut seq_last = 0;
@@ -86,6 +101,10 @@ async fn watch(
         .await;
     if let Some(first) = seq_first {
         report.span = seq_last - first + 1;
+    }
+    if let Some(skim) = &peer.skim {
+        report.packets = skim.packets;
+        report.span = skim.span();
     }
     peer.hang_up().await;
     result
