@@ -84,12 +84,8 @@ impl Publish {
         }
         let pts_ms = dts_ms.saturating_add_signed(i64::from(cts_ms));
         self.video_frames += 1;
-        self.video.write(Frame {
-            timestamp: pts_ms * 90,
-            keyframe,
-            payload,
-            arrived,
-        });
+        self.video
+            .write(Frame::new(pts_ms * 90, keyframe, payload, arrived));
     }
 
     /// New AAC configuration (an AudioSpecificConfig).
@@ -109,12 +105,7 @@ impl Publish {
         match aac.push(data, timestamp_ms) {
             Ok(packets) => {
                 for p in packets {
-                    let frame = Frame {
-                        timestamp: p.timestamp,
-                        keyframe: p.group_start,
-                        payload: p.data,
-                        arrived,
-                    };
+                    let frame = Frame::new(p.timestamp, p.group_start, p.data, arrived);
                     self.audio.write(frame);
                 }
             }

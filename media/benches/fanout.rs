@@ -19,24 +19,19 @@ fn fanout(c: &mut Criterion) {
                 let track = broadcast.create_track("video");
                 let payload = Bytes::from(vec![0u8; 10_000]);
                 let mut ts = 0u64;
-                track.write(Frame {
-                    timestamp: ts,
-                    keyframe: true,
-                    payload: payload.clone(),
-                    arrived: Instant::now(),
-                });
+                track.write(Frame::new(ts, true, payload.clone(), Instant::now()));
                 let mut readers: Vec<_> = (0..n).map(|_| track.consume()).collect();
                 for r in &mut readers {
                     let _ = r.try_next_frame();
                 }
                 b.iter(|| {
                     ts += 3000;
-                    let frame = Frame {
-                        timestamp: ts,
-                        keyframe: ts.is_multiple_of(180_000),
-                        payload: payload.clone(),
-                        arrived: Instant::now(),
-                    };
+                    let frame = Frame::new(
+                        ts,
+                        ts.is_multiple_of(180_000),
+                        payload.clone(),
+                        Instant::now(),
+                    );
                     track.write(frame);
                     for r in &mut readers {
                         std::hint::black_box(r.try_next_frame().ok().flatten());

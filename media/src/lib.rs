@@ -24,7 +24,7 @@ mod track;
 pub use broadcast::{BroadcastConsumer, BroadcastProducer};
 pub use bus::{Bus, BusConfig, BusError, LiveBroadcast, TrackInfo};
 pub use codec::{AudioCodec, Codec, VideoCodec};
-pub use frame::Frame;
+pub use frame::{Derived, Frame};
 pub use name::{ChannelName, InvalidName};
 pub use track::{TrackConsumer, TrackLimits, TrackProducer, TrackStats};
 

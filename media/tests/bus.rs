@@ -7,12 +7,7 @@ use media::{Bus, BusError, ChannelName, Frame, TrackLimits, TrackProducer};
 use proptest::prelude::*;
 
 fn frame(ts: u64, keyframe: bool, len: usize) -> Frame {
-    Frame {
-        timestamp: ts,
-        keyframe,
-        payload: Bytes::from(vec![0u8; len]),
-        arrived: Instant::now(),
-    }
+    Frame::new(ts, keyframe, Bytes::from(vec![0u8; len]), Instant::now())
 }
 
 fn track(limits: TrackLimits) -> (media::BroadcastProducer, TrackProducer) {

@@ -6,12 +6,7 @@ use bytes::Bytes;
 use media::{Bus, BusConfig, BusError, ChannelName, Frame, TrackLimits};
 
 fn frame(ts: u64, keyframe: bool, len: usize, arrived: Instant) -> Frame {
-    Frame {
-        timestamp: ts,
-        keyframe,
-        payload: Bytes::from(vec![0u8; len]),
-        arrived,
-    }
+    Frame::new(ts, keyframe, Bytes::from(vec![0u8; len]), arrived)
 }
 
 fn name() -> ChannelName {

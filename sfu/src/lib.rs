@@ -11,6 +11,7 @@ mod latency;
 mod layers;
 mod peer;
 mod publisher;
+mod rtp_out;
 mod sdpfrag;
 mod stun;
 mod udp;

@@ -196,12 +196,9 @@ impl Publisher {
         if keyframe && codec == Codec::H264 {
             describe_h264(track, &payload);
         }
-        track.producer.write(Frame {
-            timestamp,
-            keyframe,
-            payload,
-            arrived: data.network_time,
-        });
+        track
+            .producer
+            .write(Frame::new(timestamp, keyframe, payload, data.network_time));
         if kind == MediaKind::Video && !data.contiguous {
             // Packets were lost for good: the decoder needs a fresh start.
             self.request_keyframe(incoming.get_mut(&key));

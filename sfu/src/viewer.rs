@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use crate::latency::Latency;
 use crate::layers::{choose, Layer, LayerStatus, Timeline};
 use crate::peer::{apply_ice, Control, PeerIo};
+use crate::rtp_out;
 use crate::{SessionId, Sfu};
 
 /// How often the layer choice is revisited.
@@ -37,6 +38,8 @@ pub(crate) struct Viewer {
     /// Media lines negotiated before the task started.
     pub(crate) added: Vec<(Mid, MediaKind)>,
     pub(crate) joined: Instant,
+    /// The `Rtc` is in RTP mode: frames go out as shared payloads ([`rtp_out`]).
+    pub(crate) rtp_mode: bool,
 }
 
 /// One outgoing media line and where its frames come from.
@@ -44,6 +47,8 @@ struct Line {
     mid: Mid,
     kind: MediaKind,
     pt: Option<Pt>,
+    codec: Option<Codec>,
+    numbering: rtp_out::Numbering,
     frequency: Frequency,
     /// Name of the track being sent.
     name: String,
@@ -230,6 +235,8 @@ impl Viewer {
             mid,
             kind,
             pt: None,
+            codec: None,
+            numbering: rtp_out::Numbering::new(),
             frequency,
             name,
             current: None,
@@ -261,7 +268,9 @@ impl Viewer {
 
     /// Starts sending `track` on `line`: payload type for its codec, and the join rule.
     fn start_track(&mut self, line: &mut Line, mut track: TrackConsumer) {
-        line.pt = payload_type(&mut self.rtc, line.mid, line.kind, &track);
+        let negotiated = payload_type(&mut self.rtc, line.mid, line.kind, &track);
+        line.pt = negotiated.map(|(pt, _)| pt);
+        line.codec = negotiated.map(|(_, codec)| codec);
         if line.pt.is_none() {
             debug!(track = track.name(), "viewer cannot decode this track");
         }
@@ -311,19 +320,33 @@ impl Viewer {
 
     fn write(&mut self, c: &mut Counters, line: &mut Line, frame: Frame) {
         let Some(pt) = line.pt else { return };
-        let Some(writer) = self.rtc.writer(line.mid) else {
-            return;
-        };
         let ts = line.timeline.map(frame.timestamp, frame.arrived);
-        let time = MediaTime::new(ts, line.frequency);
-        match writer.write(pt, frame.arrived, time, &frame.payload[..]) {
-            // Cached frames sent at join arrived before the viewer did; they measure the cache,
-            // not the server's added latency.
-            Ok(()) if line.kind == MediaKind::Video && frame.arrived >= self.joined => {
-                c.awaiting_send = Some(frame.arrived)
+        let written = match line.codec {
+            Some(codec) if self.rtp_mode => rtp_out::write(
+                &mut self.rtc,
+                line.mid,
+                pt,
+                codec,
+                &mut line.numbering,
+                ts,
+                &frame,
+            ),
+            _ if self.rtp_mode => false,
+            _ => {
+                let Some(writer) = self.rtc.writer(line.mid) else {
+                    return;
+                };
+                let time = MediaTime::new(ts, line.frequency);
+                writer
+                    .write(pt, frame.arrived, time, &frame.payload[..])
+                    .map_err(|err| debug!(%err, "rtc write"))
+                    .is_ok()
             }
-            Ok(()) => {}
-            Err(err) => debug!(%err, "rtc write"),
+        };
+        // Cached frames sent at join arrived before the viewer did; they measure the cache,
+        // not the server's added latency.
+        if written && line.kind == MediaKind::Video && frame.arrived >= self.joined {
+            c.awaiting_send = Some(frame.arrived);
         }
     }
 
@@ -428,21 +451,25 @@ fn answer_keyframe_request(line: &mut Line) {
     }
 }
 
-/// The payload type to send `track` with on `mid`, if the viewer can decode its codec.
-fn payload_type(rtc: &mut Rtc, mid: Mid, kind: MediaKind, track: &TrackConsumer) -> Option<Pt> {
+/// The payload type (and codec) to send `track` with on `mid`, if the viewer can decode it.
+fn payload_type(
+    rtc: &mut Rtc,
+    mid: Mid,
+    kind: MediaKind,
+    track: &TrackConsumer,
+) -> Option<(Pt, Codec)> {
     let want = match kind {
         MediaKind::Audio => Codec::Opus,
         MediaKind::Video => track
             .codec()
             .map_or(Codec::H264, |c| crate::http::str0m_codec(&c)),
     };
-    let writer = rtc.writer(mid)?;
     // Prefer H.264 packetization-mode 1 (what browsers decode with any profile).
-    writer
-        .payload_params()
+    crate::http::negotiated(rtc, mid)
+        .iter()
         .filter(|p| p.spec().codec == want)
         .max_by_key(|p| p.spec().format.packetization_mode == Some(1))
-        .map(|p| p.pt())
+        .map(|p| (p.pt(), want))
 }
 
 async fn line_event(line: &mut Option<Line>, broadcast: &BroadcastConsumer) -> LineEvent {

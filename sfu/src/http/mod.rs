@@ -147,8 +147,9 @@ fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
 const VIDEO_SEND_BUFFER: usize = 500;
 
 /// An ICE-lite `Rtc` that knows every codec Starling moves, with our host candidates.
-fn new_rtc(sfu: &Sfu, bwe: bool) -> Rtc {
+fn new_rtc(sfu: &Sfu, bwe: bool, rtp_mode: bool) -> Rtc {
     let mut builder = Rtc::builder()
+        .set_rtp_mode(rtp_mode)
         .set_ice_lite(true)
         .set_crypto_provider(crate::dtls::crypto_provider())
         .clear_codecs()
@@ -244,6 +245,19 @@ fn offer_ufrag(body: &str) -> String {
         .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The payload parameters negotiated on `mid` (in both of str0m's modes, unlike its writer).
+pub(crate) fn negotiated(rtc: &Rtc, mid: str0m::media::Mid) -> Vec<str0m::format::PayloadParams> {
+    let Some(media) = rtc.media(mid) else {
+        return Vec::new();
+    };
+    rtc.codec_config()
+        .params()
+        .iter()
+        .filter(|p| media.remote_pts().contains(&p.pt()))
+        .cloned()
+        .collect()
 }
 
 /// The str0m codec for a bus codec.

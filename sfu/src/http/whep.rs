@@ -47,7 +47,16 @@ pub(super) async fn offer(
         .filter(|n| tracks::is_video(n))
         .count()
         > 1;
-    let mut rtc = new_rtc(&sfu, layered);
+    let video_codec = broadcast
+        .track_names()
+        .iter()
+        .filter(|n| tracks::is_video(n))
+        .find_map(|n| broadcast.track(n).and_then(|t| t.codec()));
+    // H.264 goes out as RTP payloads packetized once for every viewer (rtp_out).
+    let rtp_mode = video_codec
+        .as_ref()
+        .is_some_and(|c| crate::rtp_out::shareable(str0m_codec(c)));
+    let mut rtc = new_rtc(&sfu, layered, rtp_mode);
     let super::Negotiated {
         answer,
         ufrag,
@@ -58,18 +67,13 @@ pub(super) async fn offer(
     };
 
     // A viewer that cannot decode the stream's video hears why now, not as a black screen.
-    let video_codec = broadcast
-        .track_names()
-        .iter()
-        .filter(|n| tracks::is_video(n))
-        .find_map(|n| broadcast.track(n).and_then(|t| t.codec()));
     if let Some(codec) = video_codec {
         let want = str0m_codec(&codec);
         for (mid, _) in added.iter().filter(|(_, k)| *k == MediaKind::Video) {
-            let offered: Vec<_> = rtc
-                .writer(*mid)
-                .map(|w| w.payload_params().map(|p| p.spec().codec).collect())
-                .unwrap_or_default();
+            let offered: Vec<_> = super::negotiated(&rtc, *mid)
+                .iter()
+                .map(|p| p.spec().codec)
+                .collect();
             if !offered.contains(&want) {
                 let offered: Vec<String> = offered.iter().map(|c| format!("{c:?}")).collect();
                 let offered = if offered.is_empty() {
@@ -107,6 +111,7 @@ pub(super) async fn offer(
         status,
         added,
         joined: Instant::now(),
+        rtp_mode,
     };
     tokio::spawn(viewer.run().instrument(span));
     created(format!("/whep/{channel}/{id}"), answer)

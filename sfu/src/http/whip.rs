@@ -32,7 +32,7 @@ pub(super) async fn offer(
         Ok(b) => b,
         Err(refusal) => return refused(&refusal),
     };
-    let mut rtc = new_rtc(&sfu, false);
+    let mut rtc = new_rtc(&sfu, false, false);
     let super::Negotiated { answer, ufrag, .. } = match answer(&mut rtc, offer) {
         Ok(a) => a,
         Err(response) => return *response, // dropping the broadcast frees the channel
