@@ -105,37 +105,42 @@ async fn run(args: Args) -> Result<()> {
     let units = h264::access_units(&stream);
     anyhow::ensure!(!units.is_empty(), "ffmpeg made no access units");
 
-    let spawned;
-    let (base, pid, log) = match (&args.server, args.server_pid) {
-        (Some(url), Some(pid)) => (url.clone(), pid.to_string(), None),
-        (Some(_), None) | (None, Some(_)) => bail!("--server and --server-pid go together"),
-        (None, None) => {
-            spawned = server::Spawned::start(&args.server_bin, args.server_cpu, &dir)?;
-            let log = Some(spawned.log.clone());
-            (spawned.url.clone(), spawned.pid().to_string(), log)
-        }
-    };
-    let total: u64 = args
-        .viewers
-        .iter()
-        .map(|&n| run_secs(n, args.seconds) + 3)
-        .sum();
-    let until = Instant::now() + Duration::from_secs(total + 5);
-    let publisher = tokio::spawn(publisher::run(
-        format!("{base}/whip/bench"),
-        units,
-        FPS,
-        until,
-    ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
+    if args.server.is_some() != args.server_pid.is_some() {
+        bail!("--server and --server-pid go together");
+    }
     println!("{}", report::HEADER);
     for &n in &args.viewers {
+        // A fresh server per run (unless one is given), so each run's memory and CPU are its
+        // own and not what the allocator kept from the run before.
+        let mut spawned = None;
+        let (base, pid, log) = match (&args.server, args.server_pid) {
+            (Some(url), Some(pid)) => (url.clone(), pid.to_string(), None),
+            _ => {
+                let server = server::Spawned::start(&args.server_bin, args.server_cpu, &dir)?;
+                let found = (
+                    server.url.clone(),
+                    server.pid().to_string(),
+                    Some(server.log.clone()),
+                );
+                spawned = Some(server);
+                found
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(run_secs(n, args.seconds) + 5);
+        let publisher = tokio::spawn(publisher::run(
+            format!("{base}/whip/bench"),
+            units.clone(),
+            FPS,
+            until,
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let row = one_run(&base, &pid, log.as_deref(), n, &args).await?;
         println!("{row}");
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        publisher.abort();
+        let _ = publisher.await;
+        drop(spawned);
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    publisher.abort();
     if std::env::var_os("STARLING_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

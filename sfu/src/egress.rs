@@ -14,6 +14,8 @@ use tracing::{trace, warn};
 
 /// A GSO send carries at most this many bytes (the UDP length limit, with headroom).
 const MAX_BATCH_BYTES: usize = 60_000;
+/// A batch buffer larger than this is given back after use.
+const KEEP_BYTES: usize = 16 * 1024;
 
 /// The socket every peer sends on, with what the kernel supports on it.
 pub(crate) struct Egress {
@@ -56,7 +58,7 @@ impl Batch {
     pub(crate) fn new(egress: Arc<Egress>) -> Self {
         Self {
             egress,
-            buf: Vec::with_capacity(MAX_BATCH_BYTES),
+            buf: Vec::new(),
             destination: None,
             segment: 0,
             count: 0,
@@ -97,7 +99,12 @@ impl Batch {
             };
             self.egress.send(&transmit).await;
         }
-        self.buf.clear();
+        if self.buf.capacity() > KEEP_BYTES {
+            // A keyframe's batch was large; idle viewers should not each hold 60 kB.
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.count = 0;
         self.closed = false;
     }
