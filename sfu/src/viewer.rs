@@ -76,6 +76,8 @@ struct Counters {
     /// Arrival time of the latest video frame written, until its first packet leaves.
     awaiting_send: Option<Instant>,
     latency: Latency,
+    /// The publisher came back in a codec this RTP-mode session cannot packetize.
+    codec_changed: bool,
 }
 
 impl Viewer {
@@ -119,6 +121,11 @@ impl Viewer {
                 Ok(deadline) => deadline,
                 Err(reason) => return reason,
             };
+            if c.codec_changed {
+                // The player reconnects and negotiates the new codec.
+                self.rtc.disconnect();
+                return "codec changed";
+            }
             let connected = c.connected;
             tokio::select! {
                 control = self.io.control.recv() => match control {
@@ -331,7 +338,10 @@ impl Viewer {
                 ts,
                 &frame,
             ),
-            _ if self.rtp_mode => false,
+            _ if self.rtp_mode => {
+                c.codec_changed = true;
+                false
+            }
             _ => {
                 let Some(writer) = self.rtc.writer(line.mid) else {
                     return;
