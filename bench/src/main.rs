@@ -7,7 +7,7 @@
 //! ```text
 //! starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] [--seconds 15]
 //!                [--server-bin target/release/starling] [--server-cpu 0] [--threads 1]
-//!                [--full-every 10]
+//!                [--full-every 10] [--gro true]
 //!                [--server http://127.0.0.1:8080 --server-pid PID]
 //! ```
 
@@ -45,6 +45,7 @@ pub struct Args {
     server_cpu: Option<u32>,
     threads: usize,
     full_every: usize,
+    gro: bool,
     server: Option<String>,
     server_pid: Option<u32>,
 }
@@ -59,6 +60,7 @@ fn parse() -> Result<Args> {
         server_cpu: Some(0),
         threads: 1,
         full_every: 10,
+        gro: true,
         server: None,
         server_pid: None,
     };
@@ -78,6 +80,7 @@ fn parse() -> Result<Args> {
             "--server-cpu" => args.server_cpu = value.parse().ok(),
             "--threads" => args.threads = value.parse()?,
             "--full-every" => args.full_every = value.parse::<usize>()?.max(1),
+            "--gro" => args.gro = value.parse()?,
             "--server" => args.server = Some(value),
             "--server-pid" => args.server_pid = Some(value.parse()?),
             other => bail!("unknown flag {other}"),
@@ -186,6 +189,7 @@ async fn one_run(
             measuring.clone(),
             window_end,
             i % args.full_every == 0,
+            args.gro,
         )));
         tokio::time::sleep(RAMP_STEP).await;
     }

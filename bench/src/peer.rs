@@ -1,14 +1,17 @@
 //! One str0m peer on its own loopback UDP socket: the offer/answer over HTTP and the I/O loop.
 
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::http;
@@ -67,11 +70,32 @@ impl Skim {
     }
 }
 
+/// One read: (bytes, datagram stride, source). Without GRO the stride is the whole read.
+async fn read(
+    socket: &UdpSocket,
+    gro: Option<&UdpSocketState>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, usize, SocketAddr)> {
+    let Some(state) = gro else {
+        let (n, source) = socket.recv_from(buf).await?;
+        return Ok((n, n, source));
+    };
+    socket
+        .async_io(Interest::READABLE, || {
+            let mut meta = [RecvMeta::default()];
+            state.recv(socket.into(), &mut [IoSliceMut::new(buf)], &mut meta)?;
+            Ok((meta[0].len, meta[0].stride, meta[0].addr))
+        })
+        .await
+}
+
 pub struct Peer {
     pub rtc: Rtc,
     /// Set for a light viewer: RTP is counted here and never reaches str0m.
     pub skim: Option<Skim>,
     socket: UdpSocket,
+    /// Set when the socket reads with UDP GRO (see [`Peer::use_gro`]).
+    gro: Option<UdpSocketState>,
     local: SocketAddr,
     buf: Vec<u8>,
     /// The session's resource, for the DELETE at the end.
@@ -110,11 +134,22 @@ impl Peer {
         Ok(Self {
             rtc,
             socket,
+            gro: None,
             local,
             buf: vec![0; 2048],
             resource,
             skim: None,
         })
+    }
+
+    /// Reads with UDP GRO: the kernel hands over a GSO batch from the server as one buffer,
+    /// as a NIC would take it, instead of charging the sender for delivering every datagram
+    /// into this socket on loopback.
+    pub fn use_gro(&mut self) -> Result<()> {
+        let state = UdpSocketState::new((&self.socket).into())?;
+        self.buf = vec![0; 2048 * state.gro_segments().max(1)];
+        self.gro = Some(state);
+        Ok(())
     }
 
     /// Runs the connection until `until`, handing every event to `on_event`.
@@ -148,16 +183,18 @@ impl Peer {
             }
             let wait = timeout.min(until) - now;
             tokio::select! {
-                received = self.socket.recv_from(&mut self.buf) => {
-                    let (n, source) = received?;
-                    if self.skim.as_mut().is_some_and(|s| s.count(&self.buf[..n])) {
-                        continue;
+                received = read(&self.socket, self.gro.as_ref(), &mut self.buf) => {
+                    let (len, stride, source) = received?;
+                    for datagram in self.buf[..len].chunks(stride.max(1)) {
+                        if self.skim.as_mut().is_some_and(|s| s.count(datagram)) {
+                            continue;
+                        }
+                        let Ok(contents) = datagram.try_into() else { continue };
+                        self.rtc.handle_input(Input::Receive(
+                            Instant::now(),
+                            Receive { proto: Protocol::Udp, source, destination: self.local, contents },
+                        ))?;
                     }
-                    let Ok(contents) = self.buf[..n].try_into() else { continue };
-                    self.rtc.handle_input(Input::Receive(
-                        Instant::now(),
-                        Receive { proto: Protocol::Udp, source, destination: self.local, contents },
-                    ))?;
                 }
                 _ = tokio::time::sleep(wait) => {
                     self.rtc.handle_input(Input::Timeout(Instant::now()))?;

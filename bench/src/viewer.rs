@@ -38,12 +38,13 @@ pub async fn run(
     measuring: Arc<AtomicBool>,
     until: Instant,
     full: bool,
+    gro: bool,
 ) -> Report {
     let mut report = Report {
         full,
         ..Report::default()
     };
-    if let Err(err) = watch(&endpoint, &measuring, until, &mut report).await {
+    if let Err(err) = watch(&endpoint, &measuring, until, gro, &mut report).await {
         report.error = Some(format!("{err:#}"));
     }
     report
@@ -53,6 +54,7 @@ async fn watch(
     endpoint: &str,
     measuring: &Arc<AtomicBool>,
     until: Instant,
+    gro: bool,
     report: &mut Report,
 ) -> Result<()> {
     let started = Instant::now();
@@ -68,6 +70,9 @@ async fn watch(
         Peer::negotiate(rtc, socket, local, offer.to_sdp_string(), pending, endpoint).await?;
     if !report.full {
         peer.skim = Some(Skim::new(measuring.clone()));
+    }
+    if gro {
+        peer.use_gro()?;
     }
 
     let mut seq_first: Option<u64> = None;

@@ -3,11 +3,11 @@
 //! MTU-sized but the last, which is what GSO wants), where the kernel supports it, else one by
 //! one. One syscall and one trip through the stack per frame instead of per packet.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn_udp::{Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{trace, warn};
@@ -27,6 +27,21 @@ impl Egress {
     pub(crate) fn new(socket: Arc<UdpSocket>) -> io::Result<Self> {
         let state = UdpSocketState::new((&*socket).into())?;
         Ok(Self { socket, state })
+    }
+
+    /// How many datagrams one read may carry (UDP GRO); 1 without GRO.
+    pub(crate) fn gro_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    /// One read from the socket, GRO-aware (see [`UdpSocketState::recv`]).
+    pub(crate) fn recv(
+        &self,
+        socket: &UdpSocket,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        self.state.recv(socket.into(), bufs, meta)
     }
 
     async fn send(&self, transmit: &Transmit<'_>) {
@@ -160,5 +175,40 @@ mod tests {
 
         assert_eq!(receive_all(&a).await, sent_a);
         assert_eq!(receive_all(&b).await, vec![vec![9; 100]]);
+    }
+
+    #[tokio::test]
+    async fn a_coalesced_read_splits_back_into_the_datagrams_sent() {
+        let sender = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let receiver = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let to = receiver.local_addr().expect("addr");
+        let inbound = Egress::new(receiver.clone()).expect("egress");
+        let mut batch = Batch::new(Arc::new(Egress::new(sender).expect("egress")));
+        let sent: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| vec![i; if i == 4 { 80 } else { 1000 }])
+            .collect();
+        for d in &sent {
+            batch.push(to, d).await;
+        }
+        batch.flush().await;
+
+        // The receive path the SFU uses: one read may hold several datagrams, `stride` apart.
+        let mut buf = vec![0u8; 2048 * inbound.gro_segments().max(1)];
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let mut meta = [RecvMeta::default()];
+            let read = tokio::time::timeout(
+                Duration::from_secs(2),
+                receiver.async_io(Interest::READABLE, || {
+                    let mut bufs = [IoSliceMut::new(&mut buf)];
+                    inbound.recv(&receiver, &mut bufs, &mut meta)
+                }),
+            )
+            .await;
+            assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+            let [meta] = meta;
+            got.extend(buf[..meta.len].chunks(meta.stride).map(<[u8]>::to_vec));
+        }
+        assert_eq!(got, sent);
     }
 }

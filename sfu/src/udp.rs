@@ -5,6 +5,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::io::IoSliceMut;
+
+use quinn_udp::RecvMeta;
+use tokio::io::Interest;
 use tracing::{trace, warn};
 
 use crate::peer::Datagram;
@@ -43,10 +47,20 @@ impl Routes {
 
 pub(crate) async fn receive_loop(sfu: Sfu) {
     let socket = sfu.inner.socket.clone();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let egress = sfu.inner.egress.clone();
+    // The socket has UDP GRO on (quinn-udp turns it on), so one read may carry up to
+    // `gro_segments` datagrams from one source, `stride` bytes apart.
+    let mut buf = vec![0u8; MAX_DATAGRAM * egress.gro_segments().max(1)];
+    let mut meta = [RecvMeta::default()];
     loop {
-        let (n, source) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
+        let received = socket
+            .async_io(Interest::READABLE, || {
+                let mut bufs = [IoSliceMut::new(&mut buf)];
+                egress.recv(&socket, &mut bufs, &mut meta)
+            })
+            .await;
+        match received {
+            Ok(_) => {}
             Err(err) => {
                 // ICMP errors from a viewer that went away surface here on some systems.
                 trace!(%err, "udp receive error");
@@ -56,23 +70,31 @@ pub(crate) async fn receive_loop(sfu: Sfu) {
                 }
                 continue;
             }
+        }
+        let [meta] = meta;
+        let len = meta.len.min(buf.len());
+        for packet in buf[..len].chunks(meta.stride.max(1)) {
+            deliver(&sfu, meta.addr, packet);
+        }
+    }
+}
+
+/// Hands one datagram to its session, if it has one.
+fn deliver(sfu: &Sfu, source: SocketAddr, packet: &[u8]) {
+    let Some(id) = sfu.routes().route(source, packet) else {
+        trace!(%source, "datagram for no session");
+        return;
+    };
+    let tx = sfu.peers().get(&id).map(|s| s.datagrams.clone());
+    if let Some(tx) = tx {
+        let datagram = Datagram {
+            source,
+            data: packet.to_vec(),
+            at: Instant::now(),
         };
-        let packet = &buf[..n];
-        let Some(id) = sfu.routes().route(source, packet) else {
-            trace!(%source, "datagram for no session");
-            continue;
-        };
-        let tx = sfu.peers().get(&id).map(|s| s.datagrams.clone());
-        if let Some(tx) = tx {
-            let datagram = Datagram {
-                source,
-                data: packet.to_vec(),
-                at: Instant::now(),
-            };
-            // A session that cannot keep up loses datagrams rather than queueing them.
-            if tx.try_send(datagram).is_err() {
-                trace!(%source, "session queue full; datagram dropped");
-            }
+        // A session that cannot keep up loses datagrams rather than queueing them.
+        if tx.try_send(datagram).is_err() {
+            trace!(%source, "session queue full; datagram dropped");
         }
     }
 }
