@@ -306,3 +306,49 @@ async fn gstreamer_publishes_with_its_rsa_certificate() -> Result<()> {
     ensure!(num(&published, "delete_status") == 200.0, "{published}");
     Ok(())
 }
+
+/// A viewer of an H.264 stream gets shared RTP payloads; if the publisher comes back within
+/// the grace period in a codec that cannot be shared that way (VP8 from webrtc-rs), the
+/// viewer's session ends with a reason instead of going silent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_is_let_go_when_the_publisher_returns_in_another_codec() -> Result<()> {
+    let media = Media::make("swap")?;
+    let server = Server::start(Some(&format!(
+        "[channels.swap]\nkey = \"{KEY}\"\n[bus]\nreconnect_grace_secs = 8\n"
+    )))?;
+    let mut ffmpeg = interop_tests::Ffmpeg::push_rtmp(
+        &server.rtmp_url(&format!("swap?key={KEY}")),
+        &[
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-bf",
+            "0",
+            "-g",
+            "30",
+        ],
+    )?;
+    wait_live(&server, "swap")?;
+    let viewer = Client::webrtc_rs("view", &server.url("/whep/swap"), &["--seconds", "12"])?;
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server.log().contains("viewer connected"))
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    ffmpeg.kill();
+    let publisher = Client::webrtc_rs(
+        "publish",
+        &server.url("/whip/swap"),
+        &["--ivf", &media.path("v.ivf"), "--seconds", "6"],
+    )?;
+    server.wait_for(Duration::from_secs(15), || {
+        Ok(server.log().contains("codec changed"))
+    })?;
+    let view = viewer.report(Duration::from_secs(20))?;
+    ensure!(
+        codecs(&view).contains(&"video/h264".into()) && num(&view, "keyframes") >= 1.0,
+        "the viewer had H.264 before the swap: {view}"
+    );
+    publisher.report(Duration::from_secs(20))?;
+    Ok(())
+}

@@ -329,7 +329,7 @@ impl Viewer {
         let Some(pt) = line.pt else { return };
         let ts = line.timeline.map(frame.timestamp, frame.arrived);
         let written = match line.codec {
-            Some(codec) if self.rtp_mode => rtp_out::write(
+            Some(codec) if self.rtp_mode && rtp_out::shareable(codec) => rtp_out::write(
                 &mut self.rtc,
                 line.mid,
                 pt,
