@@ -35,6 +35,12 @@ const DOWN: f64 = 0.9;
 /// Share of the estimate a higher layer must fit in before stepping up (hysteresis).
 const UP: f64 = 0.7;
 
+/// The bitrate to let the estimator probe towards for a top layer of `top` bit/s: enough for
+/// the step-up rule to pass (top <= UP x estimate), with a margin.
+pub(crate) fn probe_target(top: u64) -> u64 {
+    (top as f64 / UP * 1.15) as u64
+}
+
 /// The layer to send: the viewer's preference if it exists; otherwise the highest layer that
 /// fits the estimate (with hysteresis around `current`), and at least the lowest one.
 /// `layers` is sorted highest bitrate first.
@@ -129,6 +135,28 @@ mod tests {
             bitrate: b,
         })
         .collect()
+    }
+
+    #[test]
+    fn an_estimate_that_reaches_the_probe_target_steps_up() {
+        // Seen in a test: h measured at 364 kbit/s; probing only to 1.3x (473 kbit/s) left a
+        // viewer on m with a 417 kbit/s estimate for good.
+        let l: Vec<Layer> = [("video.h", 364_382), ("video.m", 181_674)]
+            .into_iter()
+            .map(|(n, b)| Layer {
+                name: n.into(),
+                bitrate: b,
+            })
+            .collect();
+        let target = probe_target(364_382);
+        assert_eq!(
+            choose(&l, Some(target), Some("video.m"), None),
+            Some("video.h")
+        );
+        assert_eq!(
+            choose(&l, Some(473_000), Some("video.m"), None),
+            Some("video.m")
+        );
     }
 
     #[test]

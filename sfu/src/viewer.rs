@@ -379,11 +379,13 @@ impl Viewer {
         .map(str::to_owned);
         drop(status);
         if layers.len() > 1 {
-            // Let the estimator probe for the top layer, so a viewer moved down can move up.
-            let top = layers[0].bitrate as f64 * 1.3;
+            // Let the estimator probe far enough for the top layer to pass the step-up rule,
+            // so a viewer moved down can move up (probing to 1.3x the top layer could never
+            // show the 1.43x that rule needs).
+            let target = crate::layers::probe_target(layers[0].bitrate);
             self.rtc
                 .bwe()
-                .set_bitrate(Bitrate::ZERO, Bitrate::bps(top as u64));
+                .set_bitrate(Bitrate::ZERO, Bitrate::bps(target));
         }
         let Some(target) = target else { return };
         if target == line.name {
