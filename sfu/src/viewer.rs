@@ -49,6 +49,8 @@ struct Line {
     pt: Option<Pt>,
     codec: Option<Codec>,
     numbering: rtp_out::Numbering,
+    /// The rest of a frame being written in chunks (RTP mode).
+    backlog: Option<rtp_out::Backlog>,
     frequency: Frequency,
     /// Name of the track being sent.
     name: String,
@@ -58,6 +60,20 @@ struct Line {
     pending: Option<TrackConsumer>,
     timeline: Timeline,
     last_keyframe_answer: Option<Instant>,
+}
+
+impl Line {
+    /// Keeps what is left of a chunked write; whether anything was written.
+    fn keep(&mut self, written: rtp_out::Written) -> bool {
+        match written {
+            rtp_out::Written::Nothing => false,
+            rtp_out::Written::All => true,
+            rtp_out::Written::Part(backlog) => {
+                self.backlog = Some(backlog);
+                true
+            }
+        }
+    }
 }
 
 enum LineEvent {
@@ -125,6 +141,17 @@ impl Viewer {
                 // The player reconnects and negotiates the new codec.
                 self.rtc.disconnect();
                 return "codec changed";
+            }
+            if [&video, &audio]
+                .into_iter()
+                .flatten()
+                .any(|l| l.backlog.is_some())
+            {
+                // The previous chunk went out in the poll above; write the next.
+                for line in [video.as_mut(), audio.as_mut()].into_iter().flatten() {
+                    self.write_backlog(line);
+                }
+                continue;
             }
             let connected = c.connected;
             tokio::select! {
@@ -244,6 +271,7 @@ impl Viewer {
             pt: None,
             codec: None,
             numbering: rtp_out::Numbering::new(),
+            backlog: None,
             frequency,
             name,
             current: None,
@@ -328,16 +356,21 @@ impl Viewer {
     fn write(&mut self, c: &mut Counters, line: &mut Line, frame: Frame) {
         let Some(pt) = line.pt else { return };
         let ts = line.timeline.map(frame.timestamp, frame.arrived);
+        let arrived = frame.arrived;
         let written = match line.codec {
-            Some(codec) if self.rtp_mode && rtp_out::shareable(codec) => rtp_out::write(
-                &mut self.rtc,
-                line.mid,
-                pt,
-                codec,
-                &mut line.numbering,
-                ts,
-                &frame,
-            ),
+            Some(codec) if self.rtp_mode && rtp_out::shareable(codec) => {
+                let written = rtp_out::write(
+                    &mut self.rtc,
+                    line.mid,
+                    pt,
+                    codec,
+                    &mut line.numbering,
+                    ts,
+                    frame,
+                    0,
+                );
+                line.keep(written)
+            }
             _ if self.rtp_mode => {
                 c.codec_changed = true;
                 false
@@ -355,9 +388,40 @@ impl Viewer {
         };
         // Cached frames sent at join arrived before the viewer did; they measure the cache,
         // not the server's added latency.
-        if written && line.kind == MediaKind::Video && frame.arrived >= self.joined {
-            c.awaiting_send = Some(frame.arrived);
+        if written && line.kind == MediaKind::Video && arrived >= self.joined {
+            c.awaiting_send = Some(arrived);
         }
+        self.release_written();
+    }
+
+    /// str0m holds what was written until its next timeout; this is that timeout, so the next
+    /// poll sends the packets before another frame (or chunk) is written. Otherwise a burst
+    /// (the cached group replayed at join) piles up in str0m's send queue, whose capacity then
+    /// stays with the viewer.
+    fn release_written(&mut self) {
+        if let Err(err) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+            debug!(%err, "rtc timeout after write");
+        }
+    }
+
+    /// Writes the next chunk of a frame left part-written.
+    fn write_backlog(&mut self, line: &mut Line) {
+        let (Some(backlog), Some(pt), Some(codec)) = (line.backlog.take(), line.pt, line.codec)
+        else {
+            return;
+        };
+        let written = rtp_out::write(
+            &mut self.rtc,
+            line.mid,
+            pt,
+            codec,
+            &mut line.numbering,
+            backlog.rtp_time,
+            backlog.frame,
+            backlog.next,
+        );
+        line.keep(written);
+        self.release_written();
     }
 
     /// Revisits the layer: the viewer's choice, or what the estimate allows.
