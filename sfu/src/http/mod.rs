@@ -143,8 +143,12 @@ fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
     Ok(offer)
 }
 
-/// RTP packets of video each session keeps for resends.
+/// RTP packets of video each session keeps for resends (frame mode; str0m writes a whole frame
+/// into it at once, so it must hold a large keyframe).
 const VIDEO_SEND_BUFFER: usize = 500;
+/// The same in RTP mode, where frames go in by chunks (`rtp_out`): about 1 s at 2.5 Mbit/s,
+/// plenty for a NACK to arrive; each kept packet costs ~400 bytes of str0m's record per viewer.
+const VIDEO_SEND_BUFFER_RTP_MODE: usize = 256;
 
 /// An ICE-lite `Rtc` that knows every codec Starling moves, with our host candidates.
 fn new_rtc(sfu: &Sfu, bwe: bool, rtp_mode: bool) -> Rtc {
@@ -159,9 +163,13 @@ fn new_rtc(sfu: &Sfu, bwe: bool, rtp_mode: bool) -> Rtc {
         .enable_av1(true)
         .enable_h265(true)
         .enable_opus(true, false)
-        // Packets kept per viewer for NACK resends: about 2 s at 2.5 Mbit/s and room for
-        // a large keyframe (str0m's default of 1000 cost ~1.2 MB per viewer).
-        .set_send_buffer_video(VIDEO_SEND_BUFFER);
+        // Packets kept per viewer for NACK resends (str0m's default of 1000 cost ~1.2 MB
+        // per viewer).
+        .set_send_buffer_video(if rtp_mode {
+            VIDEO_SEND_BUFFER_RTP_MODE
+        } else {
+            VIDEO_SEND_BUFFER
+        });
     if bwe {
         builder = builder.enable_bwe(Some(str0m::bwe::Bitrate::kbps(2_500)));
     }
