@@ -107,7 +107,7 @@ fn new_ssl(cert: &DtlsCert, mtu: usize) -> Result<Ssl, openssl::error::ErrorStac
     ctx.set_options(SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
     let ctx: SslContext = ctx.build();
     let mut ssl = Ssl::new(&ctx)?;
-    ssl.set_mtu(u32::try_from(mtu).unwrap_or(1150))?;
+    ssl.set_mtu(u32::try_from(mtu).unwrap_or(DEFAULT_MTU as u32))?;
     Ok(ssl)
 }
 
