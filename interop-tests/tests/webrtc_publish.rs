@@ -94,13 +94,26 @@ fn shim_viewer(channel: &str, shim: &interop_tests::Shim) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_publishes_simulcast_over_whip_and_a_viewer_switches_layers() -> Result<()> {
+    simulcast_and_switch("vp8").await
+}
+
+/// The same in H.264, which viewers get as shared RTP payloads (str0m's RTP mode): layer
+/// switches keep sequence numbers and timestamps continuous across the layers' streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_publishes_h264_simulcast_and_a_viewer_switches_layers() -> Result<()> {
+    simulcast_and_switch("h264").await
+}
+
+async fn simulcast_and_switch(codec: &str) -> Result<()> {
     let server = Server::start(Some(
         "[channels.cam]\nkey = \"k3y\"\n[bus]\nreconnect_grace_secs = 1\n",
     ))?;
     let publisher = Browser::start().await?;
     publisher
         .client
-        .goto(&server.url("/publish/cam?autostart=1&simulcast=1&key=k3y"))
+        .goto(&server.url(&format!(
+            "/publish/cam?autostart=1&simulcast=1&key=k3y&codec={codec}"
+        )))
         .await?;
     let p = wait_until(
         &publisher,
