@@ -132,6 +132,9 @@ impl Viewer {
             }
         }
         let mut tick = tokio::time::interval(LAYER_TICK);
+        // One timer for str0m's deadlines, moved rather than made anew on every wake.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
         loop {
             let deadline = match self.poll(c, &mut video, &mut audio).await {
                 Ok(deadline) => deadline,
@@ -154,6 +157,9 @@ impl Viewer {
                 continue;
             }
             let connected = c.connected;
+            if timer.deadline() != deadline.into() {
+                timer.as_mut().reset(deadline.into());
+            }
             tokio::select! {
                 control = self.io.control.recv() => match control {
                     None | Some(Control::HangUp) => {
@@ -183,7 +189,7 @@ impl Viewer {
                     self.on_line_event(c, &mut audio, e);
                 }
                 _ = tick.tick(), if connected => self.choose_layer(c, &mut video),
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                _ = &mut timer => {
                     if self.rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
                         return "protocol error";
                     }
