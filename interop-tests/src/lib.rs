@@ -292,6 +292,18 @@ pub fn sdp_offer(send: bool, video: bool, audio: bool, vp8_only: bool) -> String
     offer.to_sdp_string()
 }
 
+/// x264 settings for a quick, low-latency test stream: no B-frames, a keyframe every second.
+pub const FAST_X264: &[&str] = &[
+    "-preset",
+    "ultrafast",
+    "-tune",
+    "zerolatency",
+    "-bf",
+    "0",
+    "-g",
+    "30",
+];
+
 /// An ffmpeg process pushing a generated test stream over RTMP.
 pub struct Ffmpeg {
     child: Child,

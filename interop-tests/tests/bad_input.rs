@@ -5,18 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::Result;
-use interop_tests::{Ffmpeg, Server};
-
-const FAST: &[&str] = &[
-    "-preset",
-    "ultrafast",
-    "-tune",
-    "zerolatency",
-    "-bf",
-    "0",
-    "-g",
-    "30",
-];
+use interop_tests::{Ffmpeg, Server, FAST_X264};
 
 #[test]
 fn garbage_on_the_rtmp_port_does_not_stop_other_publishers() -> Result<()> {
@@ -27,7 +16,7 @@ fn garbage_on_the_rtmp_port_does_not_stop_other_publishers() -> Result<()> {
     let mut short = TcpStream::connect(server.rtmp)?;
     short.write_all(&[3, 0, 0])?;
     let _idle = TcpStream::connect(server.rtmp)?;
-    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("ok"), FAST)?;
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("ok"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("ok")?.is_some())
     })?;
@@ -37,11 +26,11 @@ fn garbage_on_the_rtmp_port_does_not_stop_other_publishers() -> Result<()> {
 #[test]
 fn wrong_key_is_refused_and_never_logged() -> Result<()> {
     let server = Server::start(Some("[channels.alice]\nkey = \"right-key\"\n"))?;
-    let refused = Ffmpeg::push_rtmp(&server.rtmp_url("alice?key=hunter2-wrong"), FAST)?;
+    let refused = Ffmpeg::push_rtmp(&server.rtmp_url("alice?key=hunter2-wrong"), FAST_X264)?;
     let (ok, stderr) = refused.wait_exit(Duration::from_secs(20))?;
     assert!(!ok, "ffmpeg should fail when the publish is refused");
     assert!(server.channel("alice")?.is_none());
-    let unknown = Ffmpeg::push_rtmp(&server.rtmp_url("mallory"), FAST)?;
+    let unknown = Ffmpeg::push_rtmp(&server.rtmp_url("mallory"), FAST_X264)?;
     assert!(
         !unknown.wait_exit(Duration::from_secs(20))?.0,
         "unconfigured channel refused"
@@ -66,7 +55,7 @@ fn wrong_key_is_refused_and_never_logged() -> Result<()> {
     eprintln!("ffmpeg said: {stderr}");
 
     // Both forms of the right key publish.
-    let _ok = Ffmpeg::push_rtmp(&server.rtmp_url("alice-right-key"), FAST)?;
+    let _ok = Ffmpeg::push_rtmp(&server.rtmp_url("alice-right-key"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("alice")?.is_some())
     })?;
@@ -80,11 +69,11 @@ fn wrong_key_is_refused_and_never_logged() -> Result<()> {
 #[test]
 fn second_publisher_on_a_live_channel_is_refused() -> Result<()> {
     let server = Server::start(None)?;
-    let _first = Ffmpeg::push_rtmp(&server.rtmp_url("solo"), FAST)?;
+    let _first = Ffmpeg::push_rtmp(&server.rtmp_url("solo"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("solo")?.is_some())
     })?;
-    let second = Ffmpeg::push_rtmp(&server.rtmp_url("solo"), FAST)?;
+    let second = Ffmpeg::push_rtmp(&server.rtmp_url("solo"), FAST_X264)?;
     assert!(
         !second.wait_exit(Duration::from_secs(20))?.0,
         "second publisher refused"
@@ -106,7 +95,7 @@ fn whep_errors_are_clear() -> Result<()> {
     let (status, _) = server.post("/whep/..%2Fetc", "application/sdp", "v=0\r\n")?;
     assert_eq!(status, 404);
 
-    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("live"), FAST)?;
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("live"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("live")?.is_some())
     })?;
@@ -133,7 +122,7 @@ fn whep_errors_are_clear() -> Result<()> {
 #[test]
 fn a_publisher_that_stops_sending_times_out_and_frees_the_channel() -> Result<()> {
     let server = Server::start(Some("[rtmp]\nidle_timeout_secs = 2\n"))?;
-    let stalled = Ffmpeg::push_rtmp(&server.rtmp_url("stall"), FAST)?;
+    let stalled = Ffmpeg::push_rtmp(&server.rtmp_url("stall"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("stall")?.is_some())
     })?;
@@ -146,7 +135,7 @@ fn a_publisher_that_stops_sending_times_out_and_frees_the_channel() -> Result<()
     })?;
     assert!(server.log().contains("timed out"), "the log says why");
     // The channel is free for the next publisher.
-    let _next = Ffmpeg::push_rtmp(&server.rtmp_url("stall"), FAST)?;
+    let _next = Ffmpeg::push_rtmp(&server.rtmp_url("stall"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("stall")?.is_some())
     })?;

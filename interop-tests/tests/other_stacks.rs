@@ -318,16 +318,7 @@ async fn a_viewer_is_let_go_when_the_publisher_returns_in_another_codec() -> Res
     )))?;
     let mut ffmpeg = interop_tests::Ffmpeg::push_rtmp(
         &server.rtmp_url(&format!("swap?key={KEY}")),
-        &[
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-bf",
-            "0",
-            "-g",
-            "30",
-        ],
+        interop_tests::FAST_X264,
     )?;
     wait_live(&server, "swap")?;
     let viewer = Client::webrtc_rs("view", &server.url("/whep/swap"), &["--seconds", "12"])?;

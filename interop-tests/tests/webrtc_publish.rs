@@ -47,6 +47,29 @@ fn video_tracks(server: &Server, channel: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The shim viewer's state (see [`shim_viewer`]).
+const STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
+
+/// A Chromium tab watching `channel` through `shim`, once it decodes; and its first state.
+async fn watch_through(
+    server: &Server,
+    channel: &str,
+    shim: &interop_tests::Shim,
+) -> Result<(Browser, Value)> {
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&server.url("/healthz")).await?;
+    viewer.eval(&shim_viewer(channel, shim)).await?;
+    let state = wait_until(
+        &viewer,
+        STATE,
+        Duration::from_secs(30),
+        "decoding via the shim",
+        |v| num(v, "video.framesDecoded") > 10.0,
+    )
+    .await?;
+    Ok((viewer, state))
+}
+
 /// A bare WHEP viewer whose answer points at the shim instead of the server; its video stats
 /// land in `window.v.video` every 500 ms, the session's `Location` in `window.v.loc`.
 fn shim_viewer(channel: &str, shim: &interop_tests::Shim) -> String {
@@ -323,18 +346,7 @@ async fn a_throttled_viewer_moves_to_a_lower_layer_and_back() -> Result<()> {
         Ok(video_tracks(&server, "slow")?.len() == 3)
     })?;
 
-    let viewer = Browser::start().await?;
-    viewer.client.goto(&server.url("/healthz")).await?;
-    viewer.eval(&shim_viewer("slow", &shim)).await?;
-    const STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
-    let joined = wait_until(
-        &viewer,
-        STATE,
-        Duration::from_secs(30),
-        "decoding via the shim",
-        |v| num(v, "video.framesDecoded") > 10.0,
-    )
-    .await?;
+    let (viewer, joined) = watch_through(&server, "slow", &shim).await?;
     let location = joined["loc"].as_str().unwrap_or_default().to_owned();
     let layer = |server: &Server| -> Result<Value> {
         let (status, body) = server.get(&format!("{location}/layer"))?;
@@ -402,18 +414,7 @@ async fn a_lossy_viewer_gets_lost_packets_back_by_nack_and_rtx() -> Result<()> {
         Ok(server.channel("lossy")?.is_some())
     })?;
     let shim = interop_tests::Shim::start(server.webrtc)?;
-    let viewer = Browser::start().await?;
-    viewer.client.goto(&server.url("/healthz")).await?;
-    viewer.eval(&shim_viewer("lossy", &shim)).await?;
-    const STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
-    let before = wait_until(
-        &viewer,
-        STATE,
-        Duration::from_secs(30),
-        "decoding via the shim",
-        |v| num(v, "video.framesDecoded") > 10.0,
-    )
-    .await?;
+    let (viewer, before) = watch_through(&server, "lossy", &shim).await?;
 
     shim.lose_every(25);
     tokio::time::sleep(Duration::from_secs(8)).await;

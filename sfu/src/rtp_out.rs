@@ -59,9 +59,9 @@ impl Numbering {
 /// Packets written into str0m at a time. str0m queues what it is given until it is polled, and
 /// its queue keeps the capacity of its largest burst: a whole keyframe written at once left
 /// ~180 kB per viewer (heaptrack). Writing in chunks, polled out in between, keeps it small.
-pub(crate) const CHUNK: usize = 16;
+const CHUNK: usize = 16;
 
-/// A frame partly written: the rest goes out after the next poll.
+/// A frame still to write, from packet `next` on (0 for a frame not started).
 pub(crate) struct Backlog {
     pub(crate) frame: Frame,
     pub(crate) rtp_time: u64,
@@ -78,18 +78,20 @@ pub(crate) enum Written {
     Part(Backlog),
 }
 
-/// Writes up to [`CHUNK`] of `frame`'s shared payloads, from packet `from`, on `mid`.
-#[allow(clippy::too_many_arguments)]
+/// Writes up to [`CHUNK`] more of the frame's shared payloads on `mid`.
 pub(crate) fn write(
     rtc: &mut Rtc,
     mid: Mid,
     pt: Pt,
     codec: Codec,
     numbering: &mut Numbering,
-    rtp_time: u64,
-    frame: Frame,
-    from: usize,
+    todo: Backlog,
 ) -> Written {
+    let Backlog {
+        frame,
+        rtp_time,
+        next: from,
+    } = todo;
     let Some(Payloads(payloads)) = frame
         .derived
         .get_or_init(|| packetize(codec, &frame.payload))

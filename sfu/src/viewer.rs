@@ -154,6 +154,7 @@ impl Viewer {
                 for line in [video.as_mut(), audio.as_mut()].into_iter().flatten() {
                     self.write_backlog(line);
                 }
+                self.release_written();
                 continue;
             }
             let connected = c.connected;
@@ -365,17 +366,12 @@ impl Viewer {
         let arrived = frame.arrived;
         let written = match line.codec {
             Some(codec) if self.rtp_mode && rtp_out::shareable(codec) => {
-                let written = rtp_out::write(
-                    &mut self.rtc,
-                    line.mid,
-                    pt,
-                    codec,
-                    &mut line.numbering,
-                    ts,
+                line.backlog = Some(rtp_out::Backlog {
                     frame,
-                    0,
-                );
-                line.keep(written)
+                    rtp_time: ts,
+                    next: 0,
+                });
+                self.write_backlog(line)
             }
             _ if self.rtp_mode => {
                 c.codec_changed = true;
@@ -410,11 +406,10 @@ impl Viewer {
         }
     }
 
-    /// Writes the next chunk of a frame left part-written.
-    fn write_backlog(&mut self, line: &mut Line) {
-        let (Some(backlog), Some(pt), Some(codec)) = (line.backlog.take(), line.pt, line.codec)
-        else {
-            return;
+    /// Writes the next chunk of the line's backlog (RTP mode); whether anything was written.
+    fn write_backlog(&mut self, line: &mut Line) -> bool {
+        let (Some(todo), Some(pt), Some(codec)) = (line.backlog.take(), line.pt, line.codec) else {
+            return false;
         };
         let written = rtp_out::write(
             &mut self.rtc,
@@ -422,12 +417,9 @@ impl Viewer {
             pt,
             codec,
             &mut line.numbering,
-            backlog.rtp_time,
-            backlog.frame,
-            backlog.next,
+            todo,
         );
-        line.keep(written);
-        self.release_written();
+        line.keep(written)
     }
 
     /// Revisits the layer: the viewer's choice, or what the estimate allows.
