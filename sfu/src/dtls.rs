@@ -13,14 +13,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use dimpl::{CryptoError as DimplCryptoError, CryptoOperation};
 use openssl::pkey::PKey;
 use openssl::srtp::SrtpProfileId;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslStream, SslVerifyMode,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslStream,
+    SslVerifyMode,
 };
 use openssl::x509::X509;
 use str0m::crypto::dtls::{
@@ -30,16 +31,30 @@ use str0m::crypto::dtls::{
 use str0m::crypto::{CryptoError, CryptoProvider};
 use tracing::{debug, info};
 
-/// str0m's default crypto with the DTLS handshake on OpenSSL.
-pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
-    static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| {
-        static DTLS: OpensslDtls = OpensslDtls;
+/// str0m's default crypto with the DTLS handshake on OpenSSL. `retire`: established sessions
+/// without application data let OpenSSL's state go after [`RETIRE_AFTER`] (viewers, which are
+/// many; a publisher keeps it, so its leaving is read from its close alert at once).
+pub(crate) fn crypto_provider(retire: bool) -> Arc<CryptoProvider> {
+    fn provider(dtls: &'static OpensslDtls) -> Arc<CryptoProvider> {
         Arc::new(CryptoProvider {
-            dtls_provider: &DTLS,
+            dtls_provider: dtls,
             ..str0m::crypto::from_feature_flags()
         })
-    });
-    Arc::clone(&PROVIDER)
+    }
+    static KEEPING: LazyLock<Arc<CryptoProvider>> =
+        LazyLock::new(|| provider(&OpensslDtls { retire: false }));
+    static RETIRING: LazyLock<Arc<CryptoProvider>> =
+        LazyLock::new(|| provider(&OpensslDtls { retire: true }));
+    Arc::clone(if retire { &RETIRING } else { &KEEPING })
+}
+
+/// The certificate every session of this process presents (ECDSA P-256, made at first use),
+/// so a join neither generates a key nor builds an OpenSSL context: str0m would make one per
+/// `Rtc`. `None` if the provider cannot generate one (str0m then fails to build the `Rtc`).
+pub(crate) fn certificate() -> Option<DtlsCert> {
+    static CERT: LazyLock<Option<DtlsCert>> =
+        LazyLock::new(|| OpensslDtls { retire: false }.generate_certificate());
+    CERT.clone()
 }
 
 /// ECDHE only (forward secrecy); as a server our ECDSA key picks the ECDSA suites.
@@ -50,11 +65,18 @@ const SRTP_LABEL: &str = "EXTRACTOR-dtls_srtp";
 const MAX_QUEUED: usize = 64;
 /// How often a handshake in progress is polled, so OpenSSL can retransmit a lost flight.
 const HANDSHAKE_TICK: Duration = Duration::from_millis(250);
+/// How long an established session keeps OpenSSL's state (~70 KiB: record buffers, the last
+/// flight) to resend its last flight to a peer that missed it, or to read an alert. Peers
+/// retransmit a lost flight after 1, 2, 4 and 8 s (RFC 6347's doubling timer): this covers
+/// four losses in a row. A session that carries application data (SCTP) keeps it for good.
+const RETIRE_AFTER: Duration = Duration::from_secs(16);
 /// The MTU when str0m does not give one.
 const DEFAULT_MTU: usize = 1150;
 
 #[derive(Debug)]
-struct OpensslDtls;
+struct OpensslDtls {
+    retire: bool,
+}
 
 impl DtlsProvider for OpensslDtls {
     fn generate_certificate(&self) -> Option<DtlsCert> {
@@ -77,8 +99,12 @@ impl DtlsProvider for OpensslDtls {
         let ssl = new_ssl(cert, mtu.unwrap_or(DEFAULT_MTU))
             .map_err(|err| CryptoError::Other(format!("OpenSSL DTLS setup: {err}")))?;
         Ok(Box::new(Session {
-            stream: SslStream::new(ssl, Datagrams::default())
-                .map_err(|err| CryptoError::Other(format!("OpenSSL DTLS setup: {err}")))?,
+            stream: Some(
+                SslStream::new(ssl, Datagrams::default())
+                    .map_err(|err| CryptoError::Other(format!("OpenSSL DTLS setup: {err}")))?,
+            ),
+            connected_at: None,
+            application_data: !self.retire,
             may_have_output: true,
             active: None,
             connected: false,
@@ -93,6 +119,26 @@ impl DtlsProvider for OpensslDtls {
 }
 
 fn new_ssl(cert: &DtlsCert, mtu: usize) -> Result<Ssl, openssl::error::ErrorStack> {
+    let ctx = context(cert)?;
+    let mut ssl = Ssl::new(&ctx)?;
+    ssl.set_mtu(u32::try_from(mtu).unwrap_or(DEFAULT_MTU as u32))?;
+    Ok(ssl)
+}
+
+/// The OpenSSL context for `cert`, built once and shared by every session that presents it
+/// (one per session cost ~10 KiB and a parse of the key on every join).
+fn context(cert: &DtlsCert) -> Result<SslContext, openssl::error::ErrorStack> {
+    static BUILT: Mutex<Option<(Vec<u8>, SslContext)>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, ctx)) = built.as_ref().filter(|(der, _)| *der == cert.certificate) {
+        return Ok(ctx.clone());
+    }
+    let ctx = build_context(cert)?;
+    *built = Some((cert.certificate.clone(), ctx.clone()));
+    Ok(ctx)
+}
+
+fn build_context(cert: &DtlsCert) -> Result<SslContext, openssl::error::ErrorStack> {
     let mut ctx = SslContextBuilder::new(SslMethod::dtls())?;
     ctx.set_cipher_list(CIPHERS)?;
     ctx.set_tlsext_use_srtp(SRTP_PROFILES)?;
@@ -105,10 +151,10 @@ fn new_ssl(cert: &DtlsCert, mtu: usize) -> Result<Ssl, openssl::error::ErrorStac
     ctx.set_certificate(&certificate)?;
     ctx.set_private_key(&key)?;
     ctx.set_options(SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
-    let ctx: SslContext = ctx.build();
-    let mut ssl = Ssl::new(&ctx)?;
-    ssl.set_mtu(u32::try_from(mtu).unwrap_or(DEFAULT_MTU as u32))?;
-    Ok(ssl)
+    // An established session only handles the odd alert: its ~34 kB of record buffers go
+    // back while idle.
+    ctx.set_mode(SslMode::RELEASE_BUFFERS);
+    Ok(ctx.build())
 }
 
 /// OpenSSL's transport: datagrams in from str0m, datagrams out to str0m, one per read or write.
@@ -147,7 +193,13 @@ struct Secrets {
 }
 
 struct Session {
-    stream: SslStream<Datagrams>,
+    /// `None` once retired ([`RETIRE_AFTER`]): SRTP has its keys, and what the peer sends on
+    /// DTLS after that (an alert when it closes) is dropped; ICE notices a peer that left.
+    stream: Option<SslStream<Datagrams>>,
+    connected_at: Option<Instant>,
+    /// Application data (SCTP) went either way, or the session is not one to retire: it
+    /// keeps OpenSSL.
+    application_data: bool,
     /// OpenSSL may have queued datagrams since `poll_output` last found none: false spares
     /// the per-poll trip through OpenSSL to its BIO once a session is established.
     may_have_output: bool,
@@ -170,6 +222,16 @@ impl std::fmt::Debug for Session {
     }
 }
 
+impl Session {
+    /// When an established session without application data lets OpenSSL's state go.
+    fn retire_at(&self) -> Option<Instant> {
+        let keep = self.stream.is_none() || self.application_data || self.closing;
+        self.connected_at
+            .filter(|_| !keep)
+            .map(|at| at + RETIRE_AFTER)
+    }
+}
+
 fn failed(operation: CryptoOperation) -> DtlsImplError {
     DtlsImplError::CryptoError(DimplCryptoError::OperationFailed(operation))
 }
@@ -178,15 +240,19 @@ impl Session {
     /// Runs the handshake as far as the datagrams received allow.
     fn handshake(&mut self) -> Result<(), DtlsImplError> {
         self.may_have_output = true;
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
         let step = match self.active {
             _ if self.connected => return Ok(()),
             None => return Ok(()),
-            Some(true) => self.stream.connect(),
-            Some(false) => self.stream.accept(),
+            Some(true) => stream.connect(),
+            Some(false) => stream.accept(),
         };
         match step {
             Ok(()) => {
                 self.connected = true;
+                self.connected_at = Some(Instant::now());
                 self.secrets = Some(self.export_secrets()?);
                 Ok(())
             }
@@ -201,7 +267,9 @@ impl Session {
     }
 
     fn export_secrets(&self) -> Result<Secrets, DtlsImplError> {
-        let ssl = self.stream.ssl();
+        let Some(ssl) = self.stream.as_ref().map(SslStream::ssl) else {
+            return Err(failed(CryptoOperation::CompleteKeyExchange));
+        };
         let peer_cert = ssl.peer_certificate().and_then(|cert| cert.to_der().ok());
         let profile = match ssl.selected_srtp_profile().map(|p| p.id()) {
             Some(SrtpProfileId::SRTP_AEAD_AES_256_GCM) => SrtpProfile::AEAD_AES_256_GCM,
@@ -223,12 +291,16 @@ impl Session {
 
     /// Decrypts what arrived after the handshake.
     fn read_application_data(&mut self) -> Result<(), DtlsImplError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
         self.may_have_output = true;
         let mut buf = vec![0; 16 * 1024];
         loop {
-            match self.stream.ssl_read(&mut buf) {
+            match stream.ssl_read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => {
+                    self.application_data = true;
                     if self.received.len() >= MAX_QUEUED {
                         return Err(DtlsImplError::ReceiveQueueFull);
                     }
@@ -257,7 +329,10 @@ impl DtlsInstance for Session {
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        let incoming = &mut self.stream.get_mut().incoming;
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(()); // retired
+        };
+        let incoming = &mut stream.get_mut().incoming;
         if incoming.len() >= MAX_QUEUED {
             return Err(DtlsImplError::ReceiveQueueFull);
         }
@@ -274,16 +349,17 @@ impl DtlsInstance for Session {
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        let next = if self.may_have_output {
-            self.stream.get_mut().outgoing.pop_front()
-        } else {
-            None
+        let next = match self.stream.as_mut() {
+            Some(stream) if self.may_have_output => stream.get_mut().outgoing.pop_front(),
+            _ => None,
         };
         self.may_have_output = next.is_some();
         if let Some(datagram) = next {
             if datagram.len() > buf.len() {
                 let needed = datagram.len();
-                self.stream.get_mut().outgoing.push_front(datagram);
+                if let Some(stream) = self.stream.as_mut() {
+                    stream.get_mut().outgoing.push_front(datagram);
+                }
                 self.may_have_output = true;
                 return DtlsOutput::BufferTooSmall { needed };
             }
@@ -321,15 +397,21 @@ impl DtlsInstance for Session {
             buf[..data.len()].copy_from_slice(&data);
             return DtlsOutput::ApplicationData(&buf[..data.len()]);
         }
-        let next = if self.connected {
-            Duration::from_secs(3600)
-        } else {
-            HANDSHAKE_TICK
+        let now = Instant::now();
+        let next = match self.retire_at() {
+            Some(at) => at.max(now),
+            None if self.connected => now + Duration::from_secs(3600),
+            None => now + HANDSHAKE_TICK,
         };
-        DtlsOutput::Timeout(Instant::now() + next)
+        DtlsOutput::Timeout(next)
     }
 
-    fn handle_timeout(&mut self, _now: Instant) -> Result<(), DtlsImplError> {
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        if self.retire_at().is_some_and(|at| at <= now) {
+            debug!("DTLS established; OpenSSL's state let go");
+            self.stream = None;
+            return Ok(());
+        }
         // OpenSSL retransmits a flight whose timer ran out when the handshake is driven.
         self.handshake()
     }
@@ -338,8 +420,13 @@ impl DtlsInstance for Session {
         if !self.connected || data.is_empty() {
             return Ok(0);
         }
+        let Some(stream) = self.stream.as_mut() else {
+            // Only sessions without application data retire; this one never wrote before.
+            return Err(failed(CryptoOperation::Encrypt));
+        };
+        self.application_data = true;
         self.may_have_output = true;
-        self.stream.ssl_write(data).map_err(|err| {
+        stream.ssl_write(data).map_err(|err| {
             debug!(%err, "DTLS write failed");
             failed(CryptoOperation::Encrypt)
         })
@@ -358,13 +445,21 @@ impl DtlsInstance for Session {
     }
 
     fn is_closed(&self) -> bool {
-        self.closing && self.stream.get_ref().outgoing.is_empty()
+        self.closing
+            && self
+                .stream
+                .as_ref()
+                .is_none_or(|s| s.get_ref().outgoing.is_empty())
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        if self.connected && !self.closing {
+        if let Some(stream) = self
+            .stream
+            .as_mut()
+            .filter(|_| self.connected && !self.closing)
+        {
             self.may_have_output = true;
-            let _ = self.stream.shutdown();
+            let _ = stream.shutdown();
         }
         self.closing = true;
         Ok(())
@@ -442,7 +537,7 @@ mod tests {
     }
 
     fn pair(client_cert: &DtlsCert) -> (DtlsCert, Box<dyn DtlsInstance>, Box<dyn DtlsInstance>) {
-        let provider = crypto_provider();
+        let provider = crypto_provider(true);
         let server_cert = provider.dtls_provider.generate_certificate().expect("cert");
         let now = Instant::now();
         let mut server = provider
@@ -481,7 +576,7 @@ mod tests {
         assert!(result.is_err(), "{result:?}");
 
         // Datagrams that arrive before the role is known wait, up to the queue's limit.
-        let mut idle_unstarted = crypto_provider()
+        let mut idle_unstarted = crypto_provider(true)
             .dtls_provider
             .new_dtls(&rsa_cert(), Instant::now(), DtlsVersion::Dtls12, None)
             .expect("dtls");
@@ -490,5 +585,70 @@ mod tests {
             .filter(|r| matches!(r, Err(DtlsImplError::ReceiveQueueFull)))
             .count();
         assert_eq!(full, MAX_QUEUED);
+    }
+
+    #[test]
+    fn an_established_session_lets_openssl_go_unless_it_carries_application_data() {
+        let (_, mut server, mut client) = pair(&rsa_cert());
+        let [c, s] = run(client.as_mut(), server.as_mut());
+        assert!(c.connected && s.connected);
+        let mut buf = vec![0; 2048];
+        let DtlsOutput::Timeout(retire) = server.poll_output(&mut buf) else {
+            panic!("a quiet established session waits");
+        };
+        let in_about = retire.saturating_duration_since(Instant::now());
+        assert!(
+            in_about > RETIRE_AFTER - Duration::from_secs(2),
+            "{in_about:?}"
+        );
+
+        // Before the time: still able to answer the peer.
+        server
+            .handle_timeout(Instant::now())
+            .expect("early timeout");
+        client
+            .send_application_data(b"hello")
+            .expect("client writes");
+        let DtlsOutput::Packet(record) = client.poll_output(&mut buf) else {
+            panic!("the client's record");
+        };
+        let record = record.to_vec();
+        server.handle_packet(&record).expect("server reads");
+        let mut got = None;
+        while let DtlsOutput::ApplicationData(d) | DtlsOutput::Packet(d) =
+            server.poll_output(&mut buf)
+        {
+            got = Some(d.to_vec());
+        }
+        assert_eq!(got.as_deref(), Some(&b"hello"[..]));
+        // It carried application data: it keeps OpenSSL past the time.
+        server
+            .handle_timeout(Instant::now() + RETIRE_AFTER * 2)
+            .expect("timeout");
+        server.handle_packet(&record).expect("still reads");
+
+        // A session that carried none lets go, then drops what arrives and closes at once.
+        let (_, mut server, mut client) = pair(&rsa_cert());
+        let _ = run(client.as_mut(), server.as_mut());
+        server
+            .handle_timeout(Instant::now() + RETIRE_AFTER + Duration::from_secs(1))
+            .expect("retire");
+        client
+            .send_application_data(b"late")
+            .expect("client writes");
+        let DtlsOutput::Packet(record) = client.poll_output(&mut buf) else {
+            panic!("the client's record");
+        };
+        let record = record.to_vec();
+        server
+            .handle_packet(&record)
+            .expect("dropped, not an error");
+        let DtlsOutput::Timeout(next) = server.poll_output(&mut buf) else {
+            panic!("nothing comes out of a retired session");
+        };
+        assert!(next > Instant::now() + Duration::from_secs(600));
+        assert!(server.send_application_data(b"x").is_err());
+        server.close().expect("close");
+        assert!(server.is_closing() && server.is_closed());
     }
 }

@@ -6,7 +6,7 @@ mod resource;
 mod whep;
 mod whip;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -17,6 +17,7 @@ use axum::Router;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::MediaKind;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc};
 
 use crate::Sfu;
@@ -143,19 +144,51 @@ fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
     Ok(offer)
 }
 
-/// RTP packets of video each session keeps for resends (frame mode; str0m writes a whole frame
-/// into it at once, so it must hold a large keyframe).
-const VIDEO_SEND_BUFFER: usize = 500;
-/// The same in RTP mode, where frames go in by chunks (`rtp_out`): about 1 s at 2.5 Mbit/s,
-/// plenty for a NACK to arrive; each kept packet costs ~400 bytes of str0m's record per viewer.
-const VIDEO_SEND_BUFFER_RTP_MODE: usize = 256;
+/// Sent video packets a viewer keeps for NACK resends, at most, and for how long. str0m's
+/// record of a kept packet is ~450 bytes (the payload itself is shared), so at 2.5 Mbit/s
+/// (~280 packets a second, keyframes in bursts) this is ~110 KiB per viewer, the largest part
+/// of a viewer's memory. Half a second is a few round trips for a NACK.
+const RESEND_MAX_PACKETS: usize = 256;
+const RESEND_WINDOW: Duration = Duration::from_millis(500);
+
+/// What a session does, which decides what str0m keeps for it.
+#[derive(Clone, Copy)]
+pub(crate) enum Role {
+    /// Receives media; answers with transport-wide congestion control feedback, which the
+    /// browser's own bandwidth estimate needs.
+    Publisher,
+    /// Sends media. `bwe`: estimate its bandwidth (to choose between simulcast layers), which
+    /// needs transport-wide sequence numbers and a record of every packet sent. `rtp_mode`:
+    /// frames go out as shared RTP payloads (`rtp_out`).
+    Viewer { bwe: bool, rtp_mode: bool },
+}
 
 /// An ICE-lite `Rtc` that knows every codec Starling moves, with our host candidates.
-fn new_rtc(sfu: &Sfu, bwe: bool, rtp_mode: bool) -> Rtc {
+fn new_rtc(sfu: &Sfu, role: Role) -> Rtc {
+    let (bwe, rtp_mode, twcc) = match role {
+        Role::Publisher => (false, false, true),
+        Role::Viewer { bwe, rtp_mode } => (bwe, rtp_mode, bwe),
+    };
+    let mut exts = ExtensionMap::empty();
+    for (id, ext) in ExtensionMap::standard().iter() {
+        // Without an estimate to feed, the viewer's transport-wide sequence numbers (and the
+        // 1000-packet send record str0m keeps for them, ~95 KiB) buy nothing.
+        let for_estimate = matches!(
+            ext,
+            Extension::TransportSequenceNumber | Extension::AbsoluteSendTime
+        );
+        if twcc || !for_estimate {
+            exts.set(id, ext.clone());
+        }
+    }
     let mut builder = Rtc::builder()
         .set_rtp_mode(rtp_mode)
         .set_ice_lite(true)
-        .set_crypto_provider(crate::dtls::crypto_provider())
+        .set_crypto_provider(crate::dtls::crypto_provider(matches!(
+            role,
+            Role::Viewer { .. }
+        )))
+        .set_extension_map(exts)
         .clear_codecs()
         .enable_h264(true)
         .enable_vp8(true)
@@ -163,13 +196,10 @@ fn new_rtc(sfu: &Sfu, bwe: bool, rtp_mode: bool) -> Rtc {
         .enable_av1(true)
         .enable_h265(true)
         .enable_opus(true, false)
-        // Packets kept per viewer for NACK resends (str0m's default of 1000 cost ~1.2 MB
-        // per viewer).
-        .set_send_buffer_video(if rtp_mode {
-            VIDEO_SEND_BUFFER_RTP_MODE
-        } else {
-            VIDEO_SEND_BUFFER
-        });
+        .set_send_buffer_video(RESEND_MAX_PACKETS);
+    if let Some(cert) = crate::dtls::certificate() {
+        builder = builder.set_dtls_cert(cert);
+    }
     if bwe {
         builder = builder.enable_bwe(Some(str0m::bwe::Bitrate::kbps(2_500)));
     }
@@ -180,6 +210,18 @@ fn new_rtc(sfu: &Sfu, bwe: bool, rtp_mode: bool) -> Rtc {
         }
     }
     rtc
+}
+
+/// Keeps sent video for [`RESEND_WINDOW`] rather than str0m's 3 s, and without str0m's cap on
+/// the share of resends, whose two per-packet histories cost ~22 KiB per viewer: resends stay
+/// bounded by what is kept (a packet is only resent while kept, once per NACK).
+fn keep_for_resends(rtc: &mut Rtc, added: &[(str0m::media::Mid, MediaKind)]) {
+    let mut api = rtc.direct_api();
+    for (mid, _) in added.iter().filter(|(_, kind)| *kind == MediaKind::Video) {
+        if let Some(stream) = api.stream_tx_by_mid(*mid, None) {
+            stream.set_rtx_cache(RESEND_MAX_PACKETS, RESEND_WINDOW, None);
+        }
+    }
 }
 
 /// A negotiated session: the answer SDP, our ICE ufrag, and the media lines.

@@ -11,7 +11,8 @@ use str0m::media::MediaKind;
 use tracing::{info, info_span, Instrument};
 
 use super::{
-    answer, created, new_rtc, offer_ufrag, parse_offer, register, require_sdp, str0m_codec, text,
+    answer, created, keep_for_resends, new_rtc, offer_ufrag, parse_offer, register, require_sdp,
+    str0m_codec, text, Role,
 };
 use crate::layers::LayerStatus;
 use crate::viewer::Viewer;
@@ -56,7 +57,13 @@ pub(super) async fn offer(
     let rtp_mode = video_codec
         .as_ref()
         .is_some_and(|c| crate::rtp_out::shareable(str0m_codec(c)));
-    let mut rtc = new_rtc(&sfu, layered, rtp_mode);
+    let mut rtc = new_rtc(
+        &sfu,
+        Role::Viewer {
+            bwe: layered,
+            rtp_mode,
+        },
+    );
     let super::Negotiated {
         answer,
         ufrag,
@@ -65,6 +72,7 @@ pub(super) async fn offer(
         Ok(a) => a,
         Err(response) => return *response,
     };
+    keep_for_resends(&mut rtc, &added);
 
     // A viewer that cannot decode the stream's video hears why now, not as a black screen.
     if let Some(codec) = video_codec {

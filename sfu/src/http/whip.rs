@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use ingest::{AuthError, Refusal};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::{answer, created, new_rtc, offer_ufrag, parse_offer, register, require_sdp, text};
+use super::{
+    answer, created, new_rtc, offer_ufrag, parse_offer, register, require_sdp, text, Role,
+};
 use crate::publisher::Publisher;
 use crate::Sfu;
 
@@ -32,7 +34,7 @@ pub(super) async fn offer(
         Ok(b) => b,
         Err(refusal) => return refused(&refusal),
     };
-    let mut rtc = new_rtc(&sfu, false, false);
+    let mut rtc = new_rtc(&sfu, Role::Publisher);
     let super::Negotiated { answer, ufrag, .. } = match answer(&mut rtc, offer) {
         Ok(a) => a,
         Err(response) => return *response, // dropping the broadcast frees the channel
