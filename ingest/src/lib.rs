@@ -2,6 +2,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
+pub mod mpegts;
 mod publish;
 pub mod rtmp;
 pub mod transcode;
