@@ -18,6 +18,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// RTMP ingest.
     pub rtmp: ingest::RtmpConfig,
+    /// SRT ingest.
+    pub srt: ingest::SrtConfig,
     /// WebRTC media.
     pub webrtc: sfu::WebRtcConfig,
     /// The media bus: memory limits of each track, publisher reconnect grace period.
@@ -44,7 +46,15 @@ impl Default for HttpConfig {
     }
 }
 
-const SECTIONS: [&str; 6] = ["http", "rtmp", "webrtc", "bus", "public_host", "channels"];
+const SECTIONS: [&str; 7] = [
+    "http",
+    "rtmp",
+    "srt",
+    "webrtc",
+    "bus",
+    "public_host",
+    "channels",
+];
 
 impl Config {
     /// Loads `file` (if any), then the environment.

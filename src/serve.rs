@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// RTMP listen address.
     #[arg(long, value_name = "ADDR")]
     rtmp: Option<SocketAddr>,
+    /// SRT listen address (UDP).
+    #[arg(long, value_name = "ADDR")]
+    srt: Option<SocketAddr>,
     /// WebRTC media UDP listen address (all viewers share it).
     #[arg(long, value_name = "ADDR")]
     webrtc: Option<SocketAddr>,
@@ -40,6 +43,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     config.http.listen = args.http.unwrap_or(config.http.listen);
     config.rtmp.listen = args.rtmp.unwrap_or(config.rtmp.listen);
+    config.srt.listen = args.srt.unwrap_or(config.srt.listen);
     config.webrtc.listen = args.webrtc.unwrap_or(config.webrtc.listen);
     config.public_host = args.public_host.or(config.public_host);
     tokio::runtime::Runtime::new()?.block_on(serve(config))
@@ -58,6 +62,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
         .with_context(|| format!("RTMP {}", config.rtmp.listen))?;
+    config.srt.validate().map_err(anyhow::Error::msg)?;
     let ingest = ingest::Ingest::new(bus.clone(), publishers);
     let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
     let (http_addr, rtmp_addr) = (http.local_addr()?, rtmp.local_addr()?);
@@ -70,6 +75,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!(
         "  OBS server (RTMP):  rtmp://{host}:{}/live   stream key: CHANNEL (or CHANNEL?key=SECRET)",
         rtmp_addr.port()
+    );
+    println!(
+        "  SRT:                srt://{host}:{}?streamid=publish:CHANNEL?key=SECRET (MPEG-TS)",
+        config.srt.listen.port()
     );
     println!(
         "  Watch:              http://{host}:{}/watch/CHANNEL",
@@ -86,8 +95,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sfu.local_addr(),
         sfu.candidates()
     );
-    info!(http = %http_addr, rtmp = %rtmp_addr, webrtc = %sfu.local_addr(), "listening");
+    info!(http = %http_addr, rtmp = %rtmp_addr, srt = %config.srt.listen, webrtc = %sfu.local_addr(), "listening");
 
+    let srt_task = tokio::spawn(ingest::srt::serve(config.srt.clone(), ingest.clone()));
     let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
     let app = signaling::router(bus).merge(sfu::router(sfu));
     let http_task = tokio::spawn(async move { axum::serve(http, app).await });
@@ -95,6 +105,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         r = http_task => r?.context("HTTP server")?,
         r = rtmp_task => r?,
+        r = srt_task => r?.with_context(|| format!("SRT {}", config.srt.listen))?,
         r = tokio::signal::ctrl_c() => { r?; info!("shutting down"); }
     }
     Ok(())

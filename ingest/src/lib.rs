@@ -1,10 +1,12 @@
-//! Ingest: turns publishers (RTMP today) into broadcasts on the media bus.
+//! Ingest: turns publishers (RTMP, SRT) into broadcasts on the media bus.
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
+pub mod es;
 pub mod mpegts;
 mod publish;
 pub mod rtmp;
+pub mod srt;
 pub mod transcode;
 
 use std::sync::Arc;
@@ -13,6 +15,7 @@ pub use auth::{AuthError, ChannelConfig, ConfigError, Publishers, StreamKey};
 use media::{BroadcastProducer, Bus, BusError};
 pub use publish::{Publish, BFRAMES_NOTICE};
 pub use rtmp::RtmpConfig;
+pub use srt::SrtConfig;
 
 /// What every ingest protocol shares: the bus and the publishing policy. Cheap to clone.
 #[derive(Clone)]

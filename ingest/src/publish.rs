@@ -3,11 +3,12 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use media::bitstream::avc::{self, AvcConfig};
+use bytes::{BufMut, Bytes, BytesMut};
+use media::bitstream::avc::{self, nal, AvcConfig};
 use media::{tracks, AudioCodec, BroadcastProducer, Codec, Frame, TrackProducer, VideoCodec};
 use tracing::{debug, info, warn};
 
+use crate::es;
 use crate::transcode::AacToOpus;
 
 /// The notice viewers see when the encoder sends B-frames.
@@ -24,7 +25,14 @@ pub struct Publish {
     aac: Option<AacToOpus>,
     bframes: bool,
     video_frames: u64,
+    /// The ADTS header's configuration the transcoder was set up with.
+    adts_config: Option<[u8; 2]>,
+    hevc: bool,
+    opus_packets: u64,
 }
+
+/// Opus packets passed through start a group on the bus every second (50 x 20 ms).
+const OPUS_PACKETS_PER_GROUP: u64 = 50;
 
 impl Publish {
     /// Starts feeding `broadcast`: creates its `video` and `audio.opus` tracks.
@@ -40,6 +48,9 @@ impl Publish {
             aac: None,
             bframes: false,
             video_frames: 0,
+            adts_config: None,
+            hevc: false,
+            opus_packets: 0,
         }
     }
 
@@ -77,11 +88,7 @@ impl Publish {
                 return;
             }
         };
-        if cts_ms != 0 && !self.bframes {
-            self.bframes = true;
-            warn!("publisher sends B-frames; viewers are told which setting to change");
-            self.broadcast.set_notice(Some(BFRAMES_NOTICE.to_owned()));
-        }
+        self.note_bframes(cts_ms != 0);
         let pts_ms = dts_ms.saturating_add_signed(i64::from(cts_ms));
         self.video_frames += 1;
         self.video
@@ -110,6 +117,102 @@ impl Publish {
                 }
             }
             Err(err) => debug!(%err, "dropping undecodable audio frame"),
+        }
+    }
+
+    /// One H.264 access unit in Annex B (MPEG-TS), times at 90 kHz. Parameter sets in the
+    /// stream configure the track; a keyframe without them gets the last ones put in front.
+    pub fn h264_annexb(&mut self, au: &Bytes, pts: u64, dts: u64, arrived: Instant) {
+        let units = avc::annexb_nal_units(au);
+        let (sps, pps) = avc::annexb_parameter_sets(au);
+        let changed = self
+            .avc
+            .as_ref()
+            .is_none_or(|c| c.sps != sps || c.pps != pps);
+        if !sps.is_empty() && !pps.is_empty() && changed {
+            let codec = VideoCodec::H264 {
+                sps: sps.clone(),
+                pps: pps.clone(),
+            };
+            info!(codec = %codec.describe(), "video configured");
+            self.video.set_codec(Codec::Video(codec));
+            self.avc = Some(AvcConfig {
+                length_size: 4,
+                sps,
+                pps,
+            });
+        }
+        let Some(config) = &self.avc else {
+            debug!("video before its parameter sets; dropped");
+            return;
+        };
+        let keyframe = units.iter().any(|u| avc::nal_type(u) == nal::IDR);
+        let has_params = units.iter().any(|u| avc::nal_type(u) == nal::SPS);
+        let mut out = BytesMut::with_capacity(au.len() + 64);
+        let params = config.sps.iter().chain(&config.pps);
+        let units = units.iter().filter(|u| avc::nal_type(u) != nal::AUD);
+        for unit in params.filter(|_| keyframe && !has_params).chain(units) {
+            out.put_slice(&[0, 0, 0, 1]);
+            out.put_slice(unit);
+        }
+        self.note_bframes(pts != dts);
+        self.video_frames += 1;
+        self.video
+            .write(Frame::new(pts, keyframe, out.freeze(), arrived));
+    }
+
+    /// One H.265 access unit in Annex B (parameter sets travel in band), PTS at 90 kHz.
+    pub fn h265_annexb(&mut self, au: &Bytes, pts: u64, dts: u64, arrived: Instant) {
+        if !self.hevc {
+            self.hevc = true;
+            info!(codec = %VideoCodec::H265.describe(), "video configured");
+            self.video.set_codec(Codec::Video(VideoCodec::H265));
+        }
+        // IRAP pictures (BLA, IDR, CRA: NAL types 16-21) start a group.
+        let keyframe = avc::annexb_nal_units(au).iter().any(|u| {
+            u.first()
+                .is_some_and(|h| (16..=21).contains(&((h >> 1) & 0x3f)))
+        });
+        self.note_bframes(pts != dts);
+        self.video_frames += 1;
+        self.video
+            .write(Frame::new(pts, keyframe, au.clone(), arrived));
+    }
+
+    /// A run of ADTS AAC frames (MPEG-TS), the first at `timestamp_ms`.
+    pub fn aac_adts(&mut self, data: &Bytes, timestamp_ms: u64, arrived: Instant) {
+        let mut at = timestamp_ms as f64;
+        for frame in es::adts_frames(data) {
+            if self.adts_config != Some(frame.config) {
+                self.adts_config = Some(frame.config);
+                self.aac_config(&Bytes::copy_from_slice(&frame.config));
+            }
+            self.aac_frame(&frame.data, at as u64, arrived);
+            at += 1024_000.0 / f64::from(frame.sample_rate);
+        }
+    }
+
+    /// Opus access units as MPEG-TS carries them, the first at `timestamp` (48 kHz): passed
+    /// through as they are.
+    pub fn opus_ts(&mut self, data: &Bytes, timestamp: u64, arrived: Instant) {
+        let mut at = timestamp;
+        for packet in es::opus_packets(data) {
+            let Some(samples) = es::opus_samples(&packet) else {
+                continue;
+            };
+            let group_start = self.opus_packets.is_multiple_of(OPUS_PACKETS_PER_GROUP);
+            self.opus_packets += 1;
+            self.audio
+                .write(Frame::new(at, group_start, packet, arrived));
+            at += u64::from(samples);
+        }
+    }
+
+    fn note_bframes(&mut self, reordered: bool) {
+        if reordered && !self.bframes {
+            self.bframes = true;
+            warn!("publisher sends B-frames; viewers are told which setting to change");
+            self.broadcast.set_notice(Some(BFRAMES_NOTICE.to_owned()));
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Server {
     pub http: SocketAddr,
     /// RTMP address.
     pub rtmp: SocketAddr,
+    /// SRT (UDP) address.
+    pub srt: SocketAddr,
     /// WebRTC UDP address.
     pub webrtc: SocketAddr,
     log: Arc<Mutex<String>>,
@@ -62,6 +64,7 @@ impl Server {
         );
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
         let rtmp: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
+        let srt: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let webrtc: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let mut cmd = Command::new(&bin);
         cmd.args([
@@ -70,6 +73,8 @@ impl Server {
             &http.to_string(),
             "--rtmp",
             &rtmp.to_string(),
+            "--srt",
+            &srt.to_string(),
             "--webrtc",
             &webrtc.to_string(),
         ]);
@@ -114,6 +119,7 @@ impl Server {
             child,
             http,
             rtmp,
+            srt,
             webrtc,
             log,
         };
@@ -133,6 +139,11 @@ impl Server {
     /// `rtmp://.../live/{key}`.
     pub fn rtmp_url(&self, stream_key: &str) -> String {
         format!("rtmp://{}/live/{}", self.rtmp, stream_key)
+    }
+
+    /// `srt://...?streamid={stream_id}` for ffmpeg.
+    pub fn srt_url(&self, stream_id: &str) -> String {
+        format!("srt://{}?streamid={}", self.srt, stream_id)
     }
 
     /// `http://.../{path}`.
@@ -312,6 +323,16 @@ pub struct Ffmpeg {
 impl Ffmpeg {
     /// Pushes `testsrc2` + `sine` as H.264 (with `x264_args`) + AAC to `url`, in real time.
     pub fn push_rtmp(url: &str, x264_args: &[&str]) -> Result<Self> {
+        Self::push(url, "flv", x264_args, &["-c:a", "aac", "-b:a", "96k"])
+    }
+
+    /// Pushes the same test stream as MPEG-TS over SRT to `url`, with audio encoded by
+    /// `audio_args` (e.g. `-c:a aac` or `-c:a libopus`).
+    pub fn push_srt(url: &str, x264_args: &[&str], audio_args: &[&str]) -> Result<Self> {
+        Self::push(url, "mpegts", x264_args, audio_args)
+    }
+
+    fn push(url: &str, format: &str, x264_args: &[&str], audio_args: &[&str]) -> Result<Self> {
         let mut args: Vec<&str> = vec![
             "-hide_banner",
             "-loglevel",
@@ -334,7 +355,8 @@ impl Ffmpeg {
             "yuv420p",
         ];
         args.extend_from_slice(x264_args);
-        args.extend_from_slice(&["-c:a", "aac", "-b:a", "96k", "-t", "120", "-f", "flv", url]);
+        args.extend_from_slice(audio_args);
+        args.extend_from_slice(&["-t", "120", "-f", format, url]);
         let child = Command::new("ffmpeg")
             .args(&args)
             .stdout(Stdio::null())

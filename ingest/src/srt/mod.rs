@@ -1,0 +1,174 @@
+//! SRT ingest (srt-tokio): a listener that admits publishers by their stream id, refuses the
+//! rest with SRT rejection codes, and demuxes each publisher's MPEG-TS onto the bus.
+
+mod connection;
+mod streamid;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use media::BroadcastProducer;
+use serde::Deserialize;
+use srt_protocol::settings::KeySettings;
+use srt_tokio::access::{RejectReason, ServerRejectReason};
+use srt_tokio::options::Passphrase;
+use srt_tokio::{ConnectionRequest, SrtListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::{Ingest, Refusal};
+use streamid::Mode;
+
+/// SRT listener settings.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SrtConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Receive latency (the time SRT has to recover a lost packet), in milliseconds.
+    pub latency_ms: u64,
+    /// Encryption passphrase (10 to 79 characters) callers must use; none: unencrypted. A
+    /// secret: set it in the config file or `STARLING_SRT__PASSPHRASE`, never on the command line.
+    pub passphrase: Option<String>,
+    /// Publishers served at once; more are refused with "overloaded".
+    pub max_connections: usize,
+    /// Seconds without media after which a publisher is dropped and its channel ends.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for SrtConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            latency_ms: 200,
+            passphrase: None,
+            max_connections: 64,
+            idle_timeout_secs: 10,
+        }
+    }
+}
+
+// The passphrase never appears in logs or debug output.
+impl std::fmt::Debug for SrtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtConfig")
+            .field("listen", &self.listen)
+            .field("latency_ms", &self.latency_ms)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<set>"))
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .finish()
+    }
+}
+
+impl SrtConfig {
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// Checks what cannot be checked per caller: the passphrase's length.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.passphrase {
+            Some(p) if Passphrase::try_from(p.clone()).is_err() => {
+                Err("srt.passphrase must be 10 to 79 characters".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Serves SRT on `config.listen` until the task is dropped. srt-tokio 0.4's listener task can
+/// stop on a caller's malformed encryption handshake; it is bound again when it does.
+pub async fn serve(config: SrtConfig, ingest: Ingest) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    loop {
+        let (listener, mut incoming) = SrtListener::builder()
+            .latency(Duration::from_millis(config.latency_ms))
+            .set(|o| o.session.peer_idle_timeout = config.idle_timeout())
+            .bind(config.listen)
+            .await?;
+        info!(listen = %config.listen, "srt listening");
+        while let Some(request) = incoming.incoming().next().await {
+            admit(request, &config, &ingest, &permits).await;
+        }
+        drop(listener);
+        warn!("srt listener stopped (a caller's handshake broke it); listening again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Accepts or refuses one caller; an accepted publisher runs in its own task.
+async fn admit(
+    request: ConnectionRequest,
+    config: &Arc<SrtConfig>,
+    ingest: &Ingest,
+    permits: &Arc<Semaphore>,
+) {
+    let span = info_span!("srt", peer = %request.remote());
+    let id = request.stream_id().map(|s| s.to_string());
+    let (broadcast, permit) = match decide(id.as_deref(), config, ingest, permits) {
+        Ok(admitted) => admitted,
+        Err((reason, why)) => {
+            span.in_scope(|| {
+                warn!(reason = %why, code = reason as i32 - 1000, "srt publish refused");
+            });
+            // Best effort: the caller may already be gone.
+            let _ = request.reject(RejectReason::Server(reason)).await;
+            return;
+        }
+    };
+    let keys = config.passphrase.as_ref().and_then(|p| {
+        Passphrase::try_from(p.clone())
+            .ok()
+            .map(|passphrase| KeySettings {
+                // The caller's own key length: ffmpeg sends "unspecified" unless pbkeylen is set.
+                key_size: request.key_size(),
+                passphrase,
+            })
+    });
+    let config = config.clone();
+    tokio::spawn(
+        async move {
+            // Accepting completes the handshake; a caller with the wrong passphrase fails here,
+            // and dropping the broadcast frees the channel.
+            match request.accept(keys).await {
+                Ok(socket) => connection::run(socket, broadcast, &config).await,
+                Err(err) => warn!(%err, "srt handshake failed (passphrase?)"),
+            }
+            drop(permit);
+        }
+        .instrument(span),
+    );
+}
+
+/// The broadcast a caller may publish to, or the rejection it gets (with why, for the log).
+fn decide(
+    id: Option<&str>,
+    config: &SrtConfig,
+    ingest: &Ingest,
+    permits: &Arc<Semaphore>,
+) -> Result<(BroadcastProducer, OwnedSemaphorePermit), (ServerRejectReason, String)> {
+    let wanted =
+        streamid::parse(id).map_err(|err| (ServerRejectReason::BadRequest, err.to_string()))?;
+    if wanted.mode != Mode::Publish {
+        let why = "only publishing (m=publish) is served over SRT".to_owned();
+        return Err((ServerRejectReason::Forbidden, why));
+    }
+    let permit = permits.clone().try_acquire_owned().map_err(|_| {
+        let why = format!("{} publishers already", config.max_connections);
+        (ServerRejectReason::Overload, why)
+    })?;
+    let broadcast = ingest
+        .start_broadcast(&wanted.channel, wanted.key.as_deref())
+        .map_err(|refusal| {
+            let reason = match refusal {
+                Refusal::Auth(_) => ServerRejectReason::Unauthorized,
+                Refusal::Live(_) => ServerRejectReason::Conflict,
+            };
+            (reason, refusal.to_string())
+        })?;
+    Ok((broadcast, permit))
+}
