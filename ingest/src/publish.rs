@@ -188,7 +188,8 @@ impl Publish {
                 self.aac_config(&Bytes::copy_from_slice(&frame.config));
             }
             self.aac_frame(&frame.data, at as u64, arrived);
-            at += 1024_000.0 / f64::from(frame.sample_rate);
+            // 1024 samples per AAC frame, in milliseconds.
+            at += 1024.0 * 1000.0 / f64::from(frame.sample_rate);
         }
     }
 
