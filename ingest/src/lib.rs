@@ -12,7 +12,7 @@ pub mod transcode;
 use std::sync::Arc;
 
 pub use auth::{AuthError, ChannelConfig, ConfigError, Publishers, StreamKey};
-use media::{BroadcastProducer, Bus, BusError};
+use media::{BroadcastProducer, Bus, BusError, ChannelName};
 pub use publish::{Publish, BFRAMES_NOTICE};
 pub use rtmp::RtmpConfig;
 pub use srt::SrtConfig;
@@ -74,6 +74,22 @@ impl Ingest {
     ) -> Result<BroadcastProducer, Refusal> {
         let channel = self.publishers.authorize(channel, key)?;
         Ok(self.bus.publish(channel)?)
+    }
+
+    /// Authorises a publisher before its connection is set up (SRT: before the handshake that
+    /// may still fail), without starting anything: the channel it may publish to, unless the
+    /// name or key is refused or another publisher is live there.
+    pub fn authorize(&self, channel: &str, key: Option<&str>) -> Result<ChannelName, Refusal> {
+        let name = self.publishers.authorize(channel, key)?;
+        if self
+            .bus
+            .live()
+            .iter()
+            .any(|b| b.name == name && b.publishing)
+        {
+            return Err(BusError::AlreadyLive(name).into());
+        }
+        Ok(name)
     }
 
     /// Authorises an RTMP-style stream key and starts its broadcast.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use media::BroadcastProducer;
+use media::ChannelName;
 use serde::Deserialize;
 use srt_protocol::settings::KeySettings;
 use srt_tokio::access::{RejectReason, ServerRejectReason};
@@ -109,7 +109,7 @@ async fn admit(
 ) {
     let span = info_span!("srt", peer = %request.remote());
     let id = request.stream_id().map(|s| s.to_string());
-    let (broadcast, permit) = match decide(id.as_deref(), config, ingest, permits) {
+    let (channel, permit) = match decide(id.as_deref(), config, ingest, permits) {
         Ok(admitted) => admitted,
         Err((reason, why)) => {
             span.in_scope(|| {
@@ -129,13 +129,17 @@ async fn admit(
                 passphrase,
             })
     });
-    let config = config.clone();
+    let (config, bus) = (config.clone(), ingest.bus().clone());
     tokio::spawn(
         async move {
             // Accepting completes the handshake; a caller with the wrong passphrase fails here,
-            // and dropping the broadcast frees the channel.
+            // before anything goes live.
             match request.accept(keys).await {
-                Ok(socket) => connection::run(socket, broadcast, &config).await,
+                Ok(socket) => match bus.publish(channel) {
+                    Ok(broadcast) => connection::run(socket, broadcast, &config).await,
+                    // Another publisher got in during the handshake; closing tells this one.
+                    Err(err) => warn!(%err, "srt publish refused after the handshake"),
+                },
                 Err(err) => warn!(%err, "srt handshake failed (passphrase?)"),
             }
             drop(permit);
@@ -144,13 +148,13 @@ async fn admit(
     );
 }
 
-/// The broadcast a caller may publish to, or the rejection it gets (with why, for the log).
+/// The channel a caller may publish to, or the rejection it gets (with why, for the log).
 fn decide(
     id: Option<&str>,
     config: &SrtConfig,
     ingest: &Ingest,
     permits: &Arc<Semaphore>,
-) -> Result<(BroadcastProducer, OwnedSemaphorePermit), (ServerRejectReason, String)> {
+) -> Result<(ChannelName, OwnedSemaphorePermit), (ServerRejectReason, String)> {
     let wanted =
         streamid::parse(id).map_err(|err| (ServerRejectReason::BadRequest, err.to_string()))?;
     if wanted.mode != Mode::Publish {
@@ -161,8 +165,8 @@ fn decide(
         let why = format!("{} publishers already", config.max_connections);
         (ServerRejectReason::Overload, why)
     })?;
-    let broadcast = ingest
-        .start_broadcast(&wanted.channel, wanted.key.as_deref())
+    let channel = ingest
+        .authorize(&wanted.channel, wanted.key.as_deref())
         .map_err(|refusal| {
             let reason = match refusal {
                 Refusal::Auth(_) => ServerRejectReason::Unauthorized,
@@ -170,5 +174,5 @@ fn decide(
             };
             (reason, refusal.to_string())
         })?;
-    Ok((broadcast, permit))
+    Ok((channel, permit))
 }
