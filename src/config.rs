@@ -20,6 +20,8 @@ pub struct Config {
     pub rtmp: ingest::RtmpConfig,
     /// SRT ingest.
     pub srt: ingest::SrtConfig,
+    /// FTL ingest.
+    pub ftl: ingest::FtlConfig,
     /// WebRTC media.
     pub webrtc: sfu::WebRtcConfig,
     /// The media bus: memory limits of each track, publisher reconnect grace period.
@@ -46,10 +48,11 @@ impl Default for HttpConfig {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "http",
     "rtmp",
     "srt",
+    "ftl",
     "webrtc",
     "bus",
     "public_host",

@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// SRT listen address (UDP).
     #[arg(long, value_name = "ADDR")]
     srt: Option<SocketAddr>,
+    /// FTL control listen address (TCP); media comes on UDP ports of `ftl.media_port_first`.
+    #[arg(long, value_name = "ADDR")]
+    ftl: Option<SocketAddr>,
     /// WebRTC media UDP listen address (all viewers share it).
     #[arg(long, value_name = "ADDR")]
     webrtc: Option<SocketAddr>,
@@ -44,6 +47,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.http.listen = args.http.unwrap_or(config.http.listen);
     config.rtmp.listen = args.rtmp.unwrap_or(config.rtmp.listen);
     config.srt.listen = args.srt.unwrap_or(config.srt.listen);
+    config.ftl.listen = args.ftl.unwrap_or(config.ftl.listen);
     config.webrtc.listen = args.webrtc.unwrap_or(config.webrtc.listen);
     config.public_host = args.public_host.or(config.public_host);
     tokio::runtime::Runtime::new()?.block_on(serve(config))
@@ -62,6 +66,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
         .with_context(|| format!("RTMP {}", config.rtmp.listen))?;
+    let ftl = TcpListener::bind(config.ftl.listen)
+        .await
+        .with_context(|| format!("FTL {}", config.ftl.listen))?;
     config.srt.validate().map_err(anyhow::Error::msg)?;
     let ingest = ingest::Ingest::new(bus.clone(), publishers);
     let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
@@ -81,6 +88,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.srt.listen.port()
     );
     println!(
+        "  FTL (OBS <= 29):    {host}:{} (media on UDP {}+)   stream key: CHANNEL_ID-SECRET",
+        ftl.local_addr()?.port(),
+        config.ftl.media_port_first
+    );
+    println!(
         "  Watch:              http://{host}:{}/watch/CHANNEL",
         http_addr.port()
     );
@@ -97,6 +109,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     info!(http = %http_addr, rtmp = %rtmp_addr, srt = %config.srt.listen, webrtc = %sfu.local_addr(), "listening");
 
+    let ftl_task = tokio::spawn(ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()));
     let srt_task = tokio::spawn(ingest::srt::serve(config.srt.clone(), ingest.clone()));
     let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
     let app = signaling::router(bus).merge(sfu::router(sfu));
@@ -105,6 +118,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         r = http_task => r?.context("HTTP server")?,
         r = rtmp_task => r?,
+        r = ftl_task => r?,
         r = srt_task => r?.with_context(|| format!("SRT {}", config.srt.listen))?,
         r = tokio::signal::ctrl_c() => { r?; info!("shutting down"); }
     }

@@ -72,7 +72,7 @@ impl Spawned {
             "{bin} is missing: cargo build --release --bin starling"
         );
         let (http, rtmp, webrtc) = (free_port(false)?, free_port(false)?, free_port(true)?);
-        let srt = free_port(true)?;
+        let (srt, ftl) = (free_port(true)?, free_port(false)?);
         let config = dir.join("bench.toml");
         std::fs::write(&config, "[webrtc]\nmax_viewers = 5000\n")?;
         let log = dir.join("server.log");
@@ -91,6 +91,7 @@ impl Spawned {
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--rtmp", &format!("127.0.0.1:{rtmp}")])
             .args(["--srt", &format!("127.0.0.1:{srt}")])
+            .args(["--ftl", &format!("127.0.0.1:{ftl}")])
             .args(["--webrtc", &format!("127.0.0.1:{webrtc}")])
             .env("NO_COLOR", "1")
             .stdout(std::fs::File::create(&log)?)

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use aws_lc_rs::hmac;
 use media::ChannelName;
 use serde::Deserialize;
 
@@ -22,6 +23,15 @@ impl StreamKey {
     pub fn matches(&self, offered: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), offered.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl StreamKey {
+    /// Whether `tag` is the HMAC-SHA512 of `message` under this key (FTL's handshake), checked
+    /// in constant time.
+    pub fn verifies_hmac_sha512(&self, message: &[u8], tag: &[u8]) -> bool {
+        let key = hmac::Key::new(hmac::HMAC_SHA512, self.0.as_bytes());
+        hmac::verify(&key, message, tag).is_ok()
     }
 }
 
@@ -124,6 +134,27 @@ impl Publishers {
             None | Some("") => Err(AuthError::MissingKey(name)),
             Some(k) if expected.matches(k) => Ok(name),
             Some(_) => Err(AuthError::WrongKey(name)),
+        }
+    }
+
+    /// Checks a publisher that proves its key with an HMAC-SHA512 of `challenge` (FTL).
+    pub fn authorize_hmac(
+        &self,
+        channel: &str,
+        challenge: &[u8],
+        tag: &[u8],
+    ) -> Result<ChannelName, AuthError> {
+        let name = ChannelName::new(channel).map_err(|_| AuthError::BadName)?;
+        if self.is_open() {
+            return Ok(name);
+        }
+        let Some(expected) = self.channels.get(&name) else {
+            return Err(AuthError::UnknownChannel);
+        };
+        if expected.verifies_hmac_sha512(challenge, tag) {
+            Ok(name)
+        } else {
+            Err(AuthError::WrongKey(name))
         }
     }
 
@@ -262,5 +293,27 @@ mod tests {
             Publishers::from_config(&config),
             Err(ConfigError::KeyFile(..))
         ));
+    }
+
+    #[test]
+    fn an_hmac_of_the_challenge_proves_the_key() {
+        let challenge = [7u8; 128];
+        let key = hmac::Key::new(hmac::HMAC_SHA512, b"s3cret");
+        let tag = hmac::sign(&key, &challenge);
+        let p = policy();
+        assert_eq!(
+            p.authorize_hmac("alice", &challenge, tag.as_ref()),
+            Ok(ChannelName::new("alice").unwrap())
+        );
+        let wrong = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA512, b"guess"), &challenge);
+        assert!(matches!(
+            p.authorize_hmac("alice", &challenge, wrong.as_ref()),
+            Err(AuthError::WrongKey(_))
+        ));
+        assert_eq!(
+            p.authorize_hmac("nobody", &challenge, tag.as_ref()),
+            Err(AuthError::UnknownChannel)
+        );
+        assert!(p.authorize_hmac("alice", &challenge, &[]).is_err());
     }
 }

@@ -1,8 +1,9 @@
-//! Ingest: turns publishers (RTMP, SRT) into broadcasts on the media bus.
+//! Ingest: turns publishers (RTMP, SRT, FTL) into broadcasts on the media bus.
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
 pub mod es;
+pub mod ftl;
 pub mod mpegts;
 mod publish;
 pub mod rtmp;
@@ -12,6 +13,7 @@ pub mod transcode;
 use std::sync::Arc;
 
 pub use auth::{AuthError, ChannelConfig, ConfigError, Publishers, StreamKey};
+pub use ftl::FtlConfig;
 use media::{BroadcastProducer, Bus, BusError, ChannelName};
 pub use publish::{Publish, BFRAMES_NOTICE};
 pub use rtmp::RtmpConfig;
@@ -81,6 +83,10 @@ impl Ingest {
     /// name or key is refused or another publisher is live there.
     pub fn authorize(&self, channel: &str, key: Option<&str>) -> Result<ChannelName, Refusal> {
         let name = self.publishers.authorize(channel, key)?;
+        self.not_live(name)
+    }
+
+    fn not_live(&self, name: ChannelName) -> Result<ChannelName, Refusal> {
         if self
             .bus
             .live()
@@ -90,6 +96,18 @@ impl Ingest {
             return Err(BusError::AlreadyLive(name).into());
         }
         Ok(name)
+    }
+
+    /// Authorises an FTL publisher by its HMAC-SHA512 of `challenge` under the channel's key,
+    /// without starting anything, like [`Ingest::authorize`].
+    pub fn authorize_hmac(
+        &self,
+        channel: &str,
+        challenge: &[u8],
+        tag: &[u8],
+    ) -> Result<ChannelName, Refusal> {
+        let name = self.publishers.authorize_hmac(channel, challenge, tag)?;
+        self.not_live(name)
     }
 
     /// Authorises an RTMP-style stream key and starts its broadcast.

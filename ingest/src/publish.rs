@@ -201,12 +201,20 @@ impl Publish {
             let Some(samples) = es::opus_samples(&packet) else {
                 continue;
             };
-            let group_start = self.opus_packets.is_multiple_of(OPUS_PACKETS_PER_GROUP);
-            self.opus_packets += 1;
-            self.audio
-                .write(Frame::new(at, group_start, packet, arrived));
+            self.opus_packet(packet, at, arrived);
             at += u64::from(samples);
         }
+    }
+
+    /// One Opus packet at `timestamp` (48 kHz), passed through (malformed ones dropped).
+    pub fn opus_packet(&mut self, packet: Bytes, timestamp: u64, arrived: Instant) {
+        if es::opus_samples(&packet).is_none() {
+            return;
+        }
+        let group_start = self.opus_packets.is_multiple_of(OPUS_PACKETS_PER_GROUP);
+        self.opus_packets += 1;
+        self.audio
+            .write(Frame::new(timestamp, group_start, packet, arrived));
     }
 
     fn note_bframes(&mut self, reordered: bool) {

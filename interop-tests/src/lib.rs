@@ -48,6 +48,8 @@ pub struct Server {
     pub rtmp: SocketAddr,
     /// SRT (UDP) address.
     pub srt: SocketAddr,
+    /// FTL control (TCP) address.
+    pub ftl: SocketAddr,
     /// WebRTC UDP address.
     pub webrtc: SocketAddr,
     log: Arc<Mutex<String>>,
@@ -65,6 +67,7 @@ impl Server {
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
         let rtmp: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
         let srt: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
+        let ftl: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
         let webrtc: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let mut cmd = Command::new(&bin);
         cmd.args([
@@ -75,6 +78,8 @@ impl Server {
             &rtmp.to_string(),
             "--srt",
             &srt.to_string(),
+            "--ftl",
+            &ftl.to_string(),
             "--webrtc",
             &webrtc.to_string(),
         ]);
@@ -120,6 +125,7 @@ impl Server {
             http,
             rtmp,
             srt,
+            ftl,
             webrtc,
             log,
         };

@@ -1,0 +1,164 @@
+//! FTL ingest (OBS up to 29, ftl-sdk): the control conversation on TCP, then RTP H.264 + Opus
+//! on a UDP port of our range, from the control connection's address only, with NACKs for
+//! lost video.
+
+mod connection;
+mod control;
+mod media;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+use tracing::{info_span, warn, Instrument};
+
+use crate::Ingest;
+
+/// FTL listener settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FtlConfig {
+    /// TCP address of the control connection.
+    pub listen: SocketAddr,
+    /// First UDP port handed to publishers for media.
+    pub media_port_first: u16,
+    /// How many UDP ports from `media_port_first` (one per live publisher).
+    pub media_port_count: u16,
+    /// Seconds a client may take from connecting to streaming.
+    pub handshake_timeout_secs: u64,
+    /// Seconds without media after which a publisher is told `408` and its channel ends.
+    pub idle_timeout_secs: u64,
+    /// FTL channel ids (the number before the `-` in an FTL stream key) to channel names.
+    /// An id not listed publishes to the channel named by the number itself.
+    pub channels: BTreeMap<String, String>,
+}
+
+impl Default for FtlConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8084)),
+            media_port_first: 8085,
+            media_port_count: 100,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 10,
+            channels: BTreeMap::new(),
+        }
+    }
+}
+
+impl FtlConfig {
+    fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs.max(1))
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// The channel name for an FTL channel id.
+    fn channel_name(&self, channel_id: u32) -> String {
+        let id = channel_id.to_string();
+        self.channels.get(&id).cloned().unwrap_or(id)
+    }
+}
+
+/// The media ports not in use.
+struct Ports {
+    free: Mutex<BTreeSet<u16>>,
+}
+
+/// A media socket bound on one of the range's ports; the port goes back when dropped.
+struct Lease {
+    ports: Arc<Ports>,
+    port: u16,
+    socket: UdpSocket,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.ports
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.port);
+    }
+}
+
+impl Ports {
+    fn new(first: u16, count: u16) -> Self {
+        let last = first.saturating_add(count.saturating_sub(1));
+        Self {
+            free: Mutex::new((first..=last).filter(|_| count > 0).collect()),
+        }
+    }
+
+    /// Binds the first free port of the range that the system lets us have.
+    async fn lease(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Lease> {
+        let candidates: Vec<u16> = {
+            let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.iter().copied().collect()
+        };
+        for port in candidates {
+            let taken = self
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&port);
+            if !taken {
+                continue;
+            }
+            match UdpSocket::bind(SocketAddr::new(ip, port)).await {
+                Ok(socket) => {
+                    return Some(Lease {
+                        ports: self.clone(),
+                        port,
+                        socket,
+                    })
+                }
+                Err(_) => {
+                    // In use by another program: give it back and try the next.
+                    self.free
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(port);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Accepts FTL control connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, config: FtlConfig, ingest: Ingest) {
+    let ports = Arc::new(Ports::new(config.media_port_first, config.media_port_count));
+    // Connections still handshaking or streaming; more wait in the accept queue.
+    let permits = Arc::new(Semaphore::new(
+        usize::from(config.media_port_count).max(1) * 2,
+    ));
+    let config = Arc::new(config);
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(%err, "ftl accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (config, ingest, ports) = (config.clone(), ingest.clone(), ports.clone());
+        tokio::spawn(
+            async move {
+                connection::run(stream, &config, &ingest, &ports).await;
+                drop(permit);
+            }
+            .instrument(info_span!("ftl", %peer)),
+        );
+    }
+}
