@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use media::bitstream::avc::{self, nal, AvcConfig};
+use media::bitstream::hevc::{self, HevcConfig};
 use media::{tracks, AudioCodec, BroadcastProducer, Codec, Frame, TrackProducer, VideoCodec};
 use tracing::{debug, info, warn};
 
@@ -28,6 +29,9 @@ pub struct Publish {
     /// The ADTS header's configuration the transcoder was set up with.
     adts_config: Option<[u8; 2]>,
     hevc: bool,
+    hevc_config: Option<HevcConfig>,
+    av1: bool,
+    av1_config: Option<Bytes>,
     opus_packets: u64,
 }
 
@@ -50,6 +54,9 @@ impl Publish {
             video_frames: 0,
             adts_config: None,
             hevc: false,
+            hevc_config: None,
+            av1: false,
+            av1_config: None,
             opus_packets: 0,
         }
     }
@@ -159,6 +166,70 @@ impl Publish {
         self.video_frames += 1;
         self.video
             .write(Frame::new(pts, keyframe, out.freeze(), arrived));
+    }
+
+    /// New H.265 decoder configuration (an `hvcC` record, enhanced RTMP).
+    pub fn hevc_config(&mut self, record: &Bytes) {
+        match HevcConfig::parse(record) {
+            Ok(config) => self.hevc_config = Some(config),
+            Err(err) => warn!(%err, "ignoring malformed HEVC sequence header"),
+        }
+    }
+
+    /// One length-prefixed H.265 access unit (enhanced RTMP), decode time `dts_ms` plus the
+    /// composition offset.
+    pub fn hevc_frame(&mut self, data: &Bytes, dts_ms: u64, cts_ms: i32, arrived: Instant) {
+        let Some(config) = &self.hevc_config else {
+            debug!("video before its sequence header; dropped");
+            return;
+        };
+        let annexb = match hevc::to_annexb(data, config) {
+            Ok((annexb, _)) => annexb,
+            Err(err) => {
+                debug!(%err, "dropping malformed video frame");
+                return;
+            }
+        };
+        let pts_ms = dts_ms.saturating_add_signed(i64::from(cts_ms));
+        self.h265_annexb(&annexb, pts_ms * 90, dts_ms * 90, arrived);
+    }
+
+    /// New AV1 configuration (an `av1C` record, enhanced RTMP): its config OBUs (the
+    /// sequence header) go in front of keyframes that lack them.
+    pub fn av1_config(&mut self, record: &Bytes) {
+        // Marker and version (1), profile and level (1), tier, depth, ... (1), delay (1).
+        if record.len() < 4 || record[0] != 0x81 {
+            warn!("ignoring malformed AV1 sequence header");
+            return;
+        }
+        self.av1_config = Some(record.slice(4..));
+        if !self.av1 {
+            self.av1 = true;
+            info!(codec = %VideoCodec::Av1.describe(), "video configured");
+            self.video.set_codec(Codec::Video(VideoCodec::Av1));
+        }
+    }
+
+    /// One AV1 temporal unit (OBUs in the low-overhead format), at `pts_ms`.
+    pub fn av1_frame(&mut self, data: &Bytes, pts_ms: u64, keyframe: bool, arrived: Instant) {
+        let Some(config) = &self.av1_config else {
+            debug!("video before its sequence header; dropped");
+            return;
+        };
+        // A sequence header OBU is type 1: bits 3-6 of the OBU header.
+        let has_sequence_header = data.first().is_some_and(|h| (h >> 3) & 0x0f == 1)
+            || data.get(2).is_some_and(|h| (h >> 3) & 0x0f == 1);
+        let payload = if keyframe && !has_sequence_header && !config.is_empty() {
+            let mut joined = BytesMut::with_capacity(config.len() + data.len());
+            joined.put_slice(config);
+            joined.put_slice(data);
+            joined.freeze()
+        } else {
+            data.clone()
+        };
+        self.video_frames += 1;
+        self.video
+            .write(Frame::new(pts_ms * 90, keyframe, payload, arrived));
     }
 
     /// One H.265 access unit in Annex B (parameter sets travel in band), PTS at 90 kHz.

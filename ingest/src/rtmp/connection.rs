@@ -228,10 +228,16 @@ impl Connection {
         match flv::video(&data) {
             Ok(VideoTag::AvcSequenceHeader(record)) => publish.avc_config(&record),
             Ok(VideoTag::AvcFrame { cts_ms, data }) => publish.avc_frame(&data, ms, cts_ms, now),
+            Ok(VideoTag::HevcSequenceHeader(record)) => publish.hevc_config(&record),
+            Ok(VideoTag::HevcFrame { cts_ms, data }) => publish.hevc_frame(&data, ms, cts_ms, now),
+            Ok(VideoTag::Av1SequenceHeader(record)) => publish.av1_config(&record),
+            Ok(VideoTag::Av1Frame { keyframe, data }) => {
+                publish.av1_frame(&data, ms, keyframe, now)
+            }
             Ok(VideoTag::Ignored) => {}
             Ok(VideoTag::Unsupported(codec)) => {
                 if !std::mem::replace(&mut self.unsupported_logged, true) {
-                    warn!(%codec, "unsupported video codec; send H.264");
+                    warn!(%codec, "unsupported video codec; send H.264, H.265 or AV1");
                 }
             }
             Err(err) => debug!(%err, "bad video message"),

@@ -3,6 +3,7 @@
 
 pub mod aac;
 pub mod avc;
+pub mod hevc;
 
 /// Malformed bitstream input.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

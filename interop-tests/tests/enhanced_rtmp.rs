@@ -1,0 +1,302 @@
+//! Enhanced RTMP (the FourCC video tags of OBS 30+): an RTMP client written here with rml_rtmp
+//! publishes HEVC that ffmpeg's libx265 made, and a str0m viewer that offers only H.265 gets
+//! it over WHEP. (Debian's ffmpeg 5.1 cannot write enhanced FLV itself.)
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use media::bitstream::{avc, hevc};
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use str0m::change::SdpAnswer;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use interop_tests::{request, Server};
+
+/// HEVC access units from libx265 (an AUD before each, parameter sets before each keyframe).
+fn hevc_access_units(dir: &Path) -> Result<Vec<Bytes>> {
+    let out = dir.join("enhanced.hevc");
+    let ok = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-t",
+            "3",
+        ])
+        .args([
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args([
+            "-x265-params",
+            "keyint=30:bframes=0:aud=1:repeat-headers=1:log-level=error",
+        ])
+        .args(["-f", "hevc"])
+        .arg(&out)
+        .status()?
+        .success();
+    ensure!(ok, "ffmpeg libx265 failed");
+    let stream = Bytes::from(std::fs::read(&out)?);
+    let mut units: Vec<Vec<Bytes>> = Vec::new();
+    for nal in avc::annexb_nal_units(&stream) {
+        if hevc::nal_type(&nal) == 35 || units.is_empty() {
+            units.push(Vec::new());
+        }
+        if let Some(au) = units.last_mut() {
+            au.push(nal);
+        }
+    }
+    // Length-prefixed, as FLV carries them.
+    Ok(units
+        .into_iter()
+        .map(|au| {
+            let mut out = Vec::new();
+            for nal in au.iter().filter(|n| hevc::nal_type(n) != 35) {
+                out.extend((nal.len() as u32).to_be_bytes());
+                out.extend_from_slice(nal);
+            }
+            Bytes::from(out)
+        })
+        .filter(|au| !au.is_empty())
+        .collect())
+}
+
+/// An hvcC record holding the VPS, SPS and PPS found in `au` (length-prefixed).
+fn hvcc(au: &Bytes) -> Result<Bytes> {
+    let nals = avc::avcc_nal_units(au, 4)?;
+    let mut r = vec![1];
+    r.extend([0; 20]);
+    r.push(0xfc | 3); // 4-byte lengths
+    let sets: Vec<&Bytes> = nals
+        .iter()
+        .filter(|n| (32..=34).contains(&hevc::nal_type(n)))
+        .collect();
+    ensure!(
+        sets.len() >= 3,
+        "the first access unit has no parameter sets"
+    );
+    r.push(sets.len() as u8);
+    for nal in sets {
+        r.push(0x80 | hevc::nal_type(nal));
+        r.extend(1u16.to_be_bytes());
+        r.extend((nal.len() as u16).to_be_bytes());
+        r.extend_from_slice(nal);
+    }
+    Ok(Bytes::from(r))
+}
+
+/// A publishing RTMP session over a blocking socket.
+struct Publisher {
+    stream: TcpStream,
+    session: ClientSession,
+}
+
+impl Publisher {
+    fn connect(addr: SocketAddr, stream_key: &str) -> Result<Self> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut handshake = Handshake::new(PeerType::Client);
+        stream.write_all(&handshake.generate_outbound_p0_and_p1()?)?;
+        let mut buf = vec![0u8; 8192];
+        let remaining = loop {
+            let n = stream.read(&mut buf)?;
+            ensure!(n > 0, "closed during the handshake");
+            match handshake.process_bytes(&buf[..n])? {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    stream.write_all(&response_bytes)?
+                }
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
+                    stream.write_all(&response_bytes)?;
+                    break remaining_bytes;
+                }
+            }
+        };
+        let (session, results) = ClientSession::new(ClientSessionConfig::new())?;
+        let mut publisher = Self { stream, session };
+        publisher.handle(results)?;
+        publisher.input(&remaining)?;
+        let request = publisher.session.request_connection("live".into())?;
+        publisher.handle(vec![request])?;
+        publisher.wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted))?;
+        let request = publisher
+            .session
+            .request_publishing(stream_key.into(), PublishRequestType::Live)?;
+        publisher.handle(vec![request])?;
+        publisher.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted))?;
+        Ok(publisher)
+    }
+
+    fn input(&mut self, bytes: &[u8]) -> Result<Vec<ClientSessionEvent>> {
+        let results = self.session.handle_input(bytes)?;
+        self.handle(results)
+    }
+
+    fn handle(&mut self, results: Vec<ClientSessionResult>) -> Result<Vec<ClientSessionEvent>> {
+        let mut events = Vec::new();
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => self.stream.write_all(&p.bytes)?,
+                ClientSessionResult::RaisedEvent(e) => events.push(e),
+                ClientSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(events)
+    }
+
+    fn wait_for(&mut self, want: impl Fn(&ClientSessionEvent) -> bool) -> Result<()> {
+        let mut buf = vec![0u8; 8192];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let n = self.stream.read(&mut buf)?;
+            ensure!(n > 0, "server closed the connection");
+            let events = self.input(&buf[..n])?;
+            if let Some(e) = events
+                .iter()
+                .find(|e| matches!(e, ClientSessionEvent::ConnectionRequestRejected { .. }))
+            {
+                bail!("rejected: {e:?}");
+            }
+            if events.iter().any(&want) {
+                return Ok(());
+            }
+        }
+        bail!("no answer from the server")
+    }
+
+    fn video(&mut self, body: Vec<u8>, ms: u32) -> Result<()> {
+        let r =
+            self.session
+                .publish_video_data(Bytes::from(body), RtmpTimestamp::new(ms), false)?;
+        self.handle(vec![r]).map(|_| ())
+    }
+}
+
+/// A WHEP viewer on str0m that offers H.265 only; counts the H.265 frames it receives.
+fn watch_h265(server: &Server, channel: &str, until: Instant) -> Result<(u64, u64)> {
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_h265(true)
+        .build(Instant::now());
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let local = socket.local_addr()?;
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().context("offer")?;
+    let reply = request(
+        server.http,
+        "POST",
+        &format!("/whep/{channel}"),
+        &[("Content-Type", "application/sdp")],
+        &offer.to_sdp_string(),
+    )?;
+    ensure!(reply.status == 201, "WHEP: {} {}", reply.status, reply.body);
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&reply.body)?)?;
+    let (mut frames, mut keyframes) = (0, 0);
+    let mut buf = vec![0u8; 2048];
+    while Instant::now() < until {
+        let timeout = match rtc.poll_output()? {
+            Output::Transmit(t) => {
+                socket.send_to(&t.contents, t.destination)?;
+                continue;
+            }
+            Output::Event(Event::MediaData(data)) => {
+                ensure!(data.params.spec().codec == Codec::H265, "{:?}", data.params);
+                frames += 1;
+                // An IRAP picture's slice (types 16-21) somewhere in the Annex B frame.
+                let units = avc::annexb_nal_units(&Bytes::copy_from_slice(&data.data));
+                keyframes += u64::from(units.iter().any(|u| hevc::is_irap(u)));
+                continue;
+            }
+            Output::Event(_) => continue,
+            Output::Timeout(t) => t,
+        };
+        let wait = timeout
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(50));
+        socket.set_read_timeout(Some(wait))?;
+        match socket.recv_from(&mut buf) {
+            Ok((n, source)) => rtc.handle_input(Input::Receive(
+                Instant::now(),
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: local,
+                    contents: buf[..n].try_into()?,
+                },
+            ))?,
+            Err(_) => rtc.handle_input(Input::Timeout(Instant::now()))?,
+        }
+    }
+    Ok((frames, keyframes))
+}
+
+#[test]
+fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
+    let server = Server::start(None)?;
+    let dir = std::env::temp_dir().join(format!("starling-ertmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let units = hevc_access_units(&dir)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(units.len() >= 60, "{} access units", units.len());
+    let mut publisher = Publisher::connect(server.rtmp, "studio")?;
+    // SequenceStart (key frame, packet type 0) with the hvcC record.
+    let mut start = vec![0x90];
+    start.extend(b"hvc1");
+    start.extend_from_slice(&hvcc(&units[0])?);
+    publisher.video(start, 0)?;
+
+    let sender = std::thread::spawn(move || -> Result<()> {
+        let began = Instant::now();
+        for (i, au) in units.iter().cycle().take(240).enumerate() {
+            let key = avc::avcc_nal_units(au, 4)?.iter().any(|u| hevc::is_irap(u));
+            // CodedFrames: frame type key (1) or inter (2), composition time 0.
+            let mut tag = vec![if key { 0x91 } else { 0xa1 }];
+            tag.extend(b"hvc1");
+            tag.extend([0, 0, 0]);
+            tag.extend_from_slice(au);
+            let ms = (i as u32) * 1000 / 30;
+            publisher.video(tag, ms)?;
+            let due = began + Duration::from_millis(u64::from(ms));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        Ok(())
+    });
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server
+            .channel("studio")?
+            .is_some_and(|c| c.to_string().contains("H.265")))
+    })?;
+    let (frames, keyframes) =
+        watch_h265(&server, "studio", Instant::now() + Duration::from_secs(4))?;
+    ensure!(
+        frames >= 60 && keyframes >= 1,
+        "{frames} frames, {keyframes} keyframes"
+    );
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    Ok(())
+}
