@@ -39,7 +39,19 @@ async fn watch_decodes_video_and_audio(server: &Server, channel: &str) -> Result
         "audio keeps playing out: {first} -> {later}"
     );
     ensure!(num(&later, "video.frameWidth") == 640.0, "{later}");
-    browser.close().await
+    browser.close().await?;
+    print_server_added(server)
+}
+
+/// Prints the server-added latency the viewer's session logged as it left (for `bench/run`).
+fn print_server_added(server: &Server) -> Result<()> {
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server.log().contains("server-added"))
+    })?;
+    for line in server.log().lines().filter(|l| l.contains("server-added")) {
+        eprintln!("{line}");
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -132,6 +132,48 @@ impl Ports {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::control::{Action, Control, CHALLENGE_LEN};
+    use super::media::{Rtp, VideoReceiver};
+
+    /// Feeds `data` as control lines: whatever comes, the conversation answers or refuses.
+    pub fn control_lines(data: &[u8]) {
+        let mut control = Control::new([7; CHALLENGE_LEN]);
+        for line in data.split(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            match control.on_line(&line) {
+                Action::Authenticate { .. } => {
+                    control.authenticated(Ok(()));
+                }
+                Action::StartMedia(_) => {
+                    control.media_port(Ok(8085));
+                }
+                Action::Refuse(_) | Action::Disconnect => return,
+                Action::Reply(_) | Action::Nothing => {}
+            }
+        }
+    }
+
+    /// Feeds `data` as datagrams (split at `0xff 0xfe`) to a video receiver, 5 ms apart.
+    pub fn media_datagrams(data: &[u8]) {
+        let mut video = VideoReceiver::default();
+        let mut now = Instant::now();
+        for datagram in data.split(|&b| b == 0xfe) {
+            if let Some(rtp) = Rtp::parse(&Bytes::copy_from_slice(datagram)) {
+                video.push(rtp, now);
+            }
+            now += Duration::from_millis(5);
+            let _ = video.poll(now);
+        }
+    }
+}
+
 /// Accepts FTL control connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, config: FtlConfig, ingest: Ingest) {
     let ports = Arc::new(Ports::new(config.media_port_first, config.media_port_count));
