@@ -187,12 +187,6 @@ async fn an_ftl_client_streams_and_chromium_plays_it() -> Result<()> {
         "audio keeps playing out: {first} -> {later}"
     );
     browser.close().await?;
-    server.wait_for(Duration::from_secs(10), || {
-        Ok(server.log().contains("server-added"))
-    })?;
-    for line in server.log().lines().filter(|l| l.contains("server-added")) {
-        eprintln!("{line}"); // read by bench/run
-    }
 
     // The encoder stops: the server says 408 (no media) and the channel ends.
     let _ = ffmpeg.0.kill();
@@ -200,7 +194,13 @@ async fn an_ftl_client_streams_and_chromium_plays_it() -> Result<()> {
     server.wait_for(Duration::from_secs(10), || {
         Ok(server.channel("studio")?.is_none())
     })?;
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server.log().contains("server-added"))
+    })?;
     let log = server.log();
+    for line in log.lines().filter(|l| l.contains("server-added")) {
+        eprintln!("{line}"); // read by bench/run
+    }
     ensure!(log.contains("ftl publisher left"), "{log}");
     ensure!(!log.contains("s3cret"), "the key is never logged");
     Ok(())

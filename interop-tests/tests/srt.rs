@@ -39,11 +39,11 @@ async fn watch_decodes_video_and_audio(server: &Server, channel: &str) -> Result
         "audio keeps playing out: {first} -> {later}"
     );
     ensure!(num(&later, "video.frameWidth") == 640.0, "{later}");
-    browser.close().await?;
-    print_server_added(server)
+    browser.close().await
 }
 
-/// Prints the server-added latency the viewer's session logged as it left (for `bench/run`).
+/// Once the stream has ended: prints the server-added latency each viewer's session logged as
+/// it left (read by `bench/run`).
 fn print_server_added(server: &Server) -> Result<()> {
     server.wait_for(Duration::from_secs(10), || {
         Ok(server.log().contains("server-added"))
@@ -57,7 +57,7 @@ fn print_server_added(server: &Server) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn srt_with_aac_plays_in_chromium() -> Result<()> {
     let server = Server::start(Some(CONFIG))?;
-    let _ffmpeg = Ffmpeg::push_srt(
+    let ffmpeg = Ffmpeg::push_srt(
         &server.srt_url("publish:studio?key=s3cret"),
         FAST_X264,
         &["-c:a", "aac", "-b:a", "96k"],
@@ -66,6 +66,8 @@ async fn srt_with_aac_plays_in_chromium() -> Result<()> {
         Ok(server.channel("studio")?.is_some())
     })?;
     watch_decodes_video_and_audio(&server, "studio").await?;
+    drop(ffmpeg);
+    print_server_added(&server)?;
     let log = server.log();
     ensure!(log.contains("srt publisher live"), "{log}");
     ensure!(!log.contains("s3cret"), "the key is never logged");
