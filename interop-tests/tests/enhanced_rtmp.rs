@@ -1,6 +1,7 @@
 //! Enhanced RTMP (the FourCC video tags of OBS 30+): an RTMP client written here with rml_rtmp
 //! publishes HEVC that ffmpeg's libx265 made, and a str0m viewer that offers only H.265 gets
-//! it over WHEP. (Debian's ffmpeg 5.1 cannot write enhanced FLV itself.)
+//! it over WHEP; then AV1 from libaom, which headless Chromium decodes. (Debian's ffmpeg 5.1
+//! cannot write enhanced FLV itself.)
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -295,6 +296,143 @@ fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
         frames >= 60 && keyframes >= 1,
         "{frames} frames, {keyframes} keyframes"
     );
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    Ok(())
+}
+
+/// The OBUs of a low-overhead AV1 stream, each with its type; temporal units split at the
+/// temporal delimiters (which are dropped, as FLV carries them).
+fn av1_temporal_units(stream: &[u8]) -> Result<Vec<(Vec<u8>, bool)>> {
+    let mut units: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let header = stream[at];
+        let obu_type = (header >> 3) & 0x0f;
+        let ext = usize::from(header & 0x04 != 0);
+        ensure!(header & 0x02 != 0, "OBUs without sizes");
+        let (mut size, mut read, mut shift) = (0usize, at + 1 + ext, 0);
+        loop {
+            let b = *stream.get(read).context("truncated size")?;
+            size |= usize::from(b & 0x7f) << shift;
+            read += 1;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = read + size;
+        ensure!(end <= stream.len(), "truncated OBU");
+        match obu_type {
+            2 => units.push((Vec::new(), false)), // temporal delimiter: a new unit
+            _ => {
+                let Some((unit, key)) = units.last_mut() else {
+                    bail!("OBU before the first temporal delimiter");
+                };
+                // A frame (6) or frame header (3): show_existing_frame = 0, frame_type = KEY.
+                if matches!(obu_type, 3 | 6) {
+                    let first = stream.get(read).copied().unwrap_or(0xff);
+                    *key |= first >> 7 == 0 && (first >> 5) & 0x03 == 0;
+                }
+                unit.extend_from_slice(&stream[at..end]);
+            }
+        }
+        at = end;
+    }
+    Ok(units.into_iter().filter(|(u, _)| !u.is_empty()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn av1_over_enhanced_rtmp_plays_in_chromium() -> Result<()> {
+    let server = Server::start(None)?;
+    let dir = std::env::temp_dir().join(format!("starling-ertmp-av1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("enhanced.obu");
+    let ok = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-t",
+            "2",
+        ])
+        .args(["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8"])
+        .args([
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "obu",
+        ])
+        .arg(&out)
+        .status()?
+        .success();
+    ensure!(ok, "ffmpeg libaom-av1 failed");
+    let units = av1_temporal_units(&std::fs::read(&out)?)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(units.len() >= 50 && units[0].1, "{} units", units.len());
+    // av1C: marker and version, then the sequence header OBU as the config OBUs.
+    let first = &units[0].0;
+    let sequence_header_len = {
+        ensure!(
+            (first[0] >> 3) & 0x0f == 1,
+            "the first OBU is the sequence header"
+        );
+        let mut size = 0usize;
+        let mut i = 1;
+        while first[i] & 0x80 != 0 {
+            size |= usize::from(first[i] & 0x7f) << (7 * (i - 1));
+            i += 1;
+        }
+        size |= usize::from(first[i]) << (7 * (i - 1));
+        i + 1 + size
+    };
+    let mut start = vec![0x90];
+    start.extend(b"av01");
+    start.extend([0x81, 0x08, 0x0c, 0x00]);
+    start.extend_from_slice(&first[..sequence_header_len]);
+    let mut publisher = Publisher::connect(server.rtmp, "studio")?;
+    publisher.video(start, 0)?;
+    let sender = std::thread::spawn(move || -> Result<()> {
+        let began = Instant::now();
+        for (i, (unit, key)) in units.iter().cycle().take(300).enumerate() {
+            // CodedFrames; AV1 carries no composition time.
+            let mut tag = vec![if *key { 0x91 } else { 0xa1 }];
+            tag.extend(b"av01");
+            tag.extend_from_slice(unit);
+            let ms = (i as u32) * 1000 / 30;
+            publisher.video(tag, ms)?;
+            let due = began + Duration::from_millis(u64::from(ms));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        Ok(())
+    });
+    server.wait_for(Duration::from_secs(10), || {
+        Ok(server
+            .channel("studio")?
+            .is_some_and(|c| c.to_string().contains("AV1")))
+    })?;
+    let browser = interop_tests::Browser::start().await?;
+    browser.client.goto(&server.url("/watch/studio")).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = browser.player().await?;
+        if interop_tests::num(&p, "video.framesDecoded") >= 30.0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "Chromium decoded too little AV1: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.close().await?;
     sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;

@@ -207,7 +207,7 @@ async fn an_ftl_client_streams_and_chromium_plays_it() -> Result<()> {
 }
 
 #[test]
-fn wrong_keys_unknown_channels_and_a_second_publisher_are_refused() -> Result<()> {
+fn bad_keys_a_second_publisher_long_lines_and_garbage_are_handled() -> Result<()> {
     let server = Server::start(Some(CONFIG))?;
     let refused = |id: u32, key: &str| -> Result<String> {
         let mut c = Control::connect(server.ftl)?;
@@ -227,10 +227,35 @@ fn wrong_keys_unknown_channels_and_a_second_publisher_are_refused() -> Result<()
     bad.send("CONNECT 1234 $nothex")?;
     assert_eq!(bad.reply()?, "400\n", "CONNECT before HMAC");
 
+    let mut long = Control::connect(server.ftl)?;
+    long.send("HMAC")?;
+    long.reply()?;
+    long.send(&"A".repeat(5000))?;
+    assert_eq!(long.reply()?, "400\n", "a control line over 1 KiB");
+
     let mut first = Control::connect(server.ftl)?;
     let (_, port) = first.handshake(CHANNEL_ID, "s3cret")?;
-    ensure!(port.is_some());
+    let port = port.context("media port")?;
     assert_eq!(refused(CHANNEL_ID, "s3cret")?, "406\n");
+
+    // Garbage on the media port (bounded: 500 datagrams) does not end the stream, and the
+    // control connection still answers.
+    let media = UdpSocket::bind("127.0.0.1:0")?;
+    for i in 0..500u32 {
+        let mut junk = vec![(i % 256) as u8; 40 + (i as usize * 7) % 1300];
+        if i % 3 == 0 {
+            junk[0] = 0x80; // RTP-looking, with the video SSRC: broken payloads
+            junk[1] = 96;
+            junk[8..12].copy_from_slice(&VIDEO_SSRC.to_be_bytes());
+        }
+        media.send_to(&junk, ("127.0.0.1", port))?;
+    }
+    first.send(&format!("PING {CHANNEL_ID}"))?;
+    assert_eq!(first.reply()?, "201\n");
+    ensure!(
+        server.channel("studio")?.is_some(),
+        "the channel survived the garbage"
+    );
 
     let log = server.log();
     ensure!(!log.contains("wrong-guess"), "keys stay out of the log");
