@@ -4,7 +4,7 @@
 //! cannot write enhanced FLV itself.)
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,13 +17,8 @@ use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
 use rml_rtmp::time::RtmpTimestamp;
-use str0m::change::SdpAnswer;
-use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
 
-use interop_tests::{request, Server};
+use interop_tests::{watch_h265, Server};
 
 /// HEVC access units from libx265 (an AUD before each, parameter sets before each keyframe).
 fn hevc_access_units(dir: &Path) -> Result<Vec<Bytes>> {
@@ -191,67 +186,6 @@ impl Publisher {
                 .publish_video_data(Bytes::from(body), RtmpTimestamp::new(ms), false)?;
         self.handle(vec![r]).map(|_| ())
     }
-}
-
-/// A WHEP viewer on str0m that offers H.265 only; counts the H.265 frames it receives.
-fn watch_h265(server: &Server, channel: &str, until: Instant) -> Result<(u64, u64)> {
-    let mut rtc = Rtc::builder()
-        .clear_codecs()
-        .enable_h265(true)
-        .build(Instant::now());
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    let local = socket.local_addr()?;
-    rtc.add_local_candidate(Candidate::host(local, "udp")?);
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().context("offer")?;
-    let reply = request(
-        server.http,
-        "POST",
-        &format!("/whep/{channel}"),
-        &[("Content-Type", "application/sdp")],
-        &offer.to_sdp_string(),
-    )?;
-    ensure!(reply.status == 201, "WHEP: {} {}", reply.status, reply.body);
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(&reply.body)?)?;
-    let (mut frames, mut keyframes) = (0, 0);
-    let mut buf = vec![0u8; 2048];
-    while Instant::now() < until {
-        let timeout = match rtc.poll_output()? {
-            Output::Transmit(t) => {
-                socket.send_to(&t.contents, t.destination)?;
-                continue;
-            }
-            Output::Event(Event::MediaData(data)) => {
-                ensure!(data.params.spec().codec == Codec::H265, "{:?}", data.params);
-                frames += 1;
-                // An IRAP picture's slice (types 16-21) somewhere in the Annex B frame.
-                let units = avc::annexb_nal_units(&Bytes::copy_from_slice(&data.data));
-                keyframes += u64::from(units.iter().any(|u| hevc::is_irap(u)));
-                continue;
-            }
-            Output::Event(_) => continue,
-            Output::Timeout(t) => t,
-        };
-        let wait = timeout
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(1), Duration::from_millis(50));
-        socket.set_read_timeout(Some(wait))?;
-        match socket.recv_from(&mut buf) {
-            Ok((n, source)) => rtc.handle_input(Input::Receive(
-                Instant::now(),
-                Receive {
-                    proto: Protocol::Udp,
-                    source,
-                    destination: local,
-                    contents: buf[..n].try_into()?,
-                },
-            ))?,
-            Err(_) => rtc.handle_input(Input::Timeout(Instant::now()))?,
-        }
-    }
-    Ok((frames, keyframes))
 }
 
 #[test]

@@ -93,6 +93,33 @@ async fn srt_with_opus_in_the_access_control_form_plays_in_chromium() -> Result<
     Ok(())
 }
 
+#[test]
+fn srt_with_hevc_reaches_a_viewer_that_offers_h265() -> Result<()> {
+    let server = Server::start(Some(CONFIG))?;
+    let _ffmpeg = Ffmpeg::push_srt(
+        &server.srt_url("publish:studio?key=s3cret"),
+        &[
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "bframes=0:keyint=30:log-level=error",
+        ],
+        &["-c:a", "aac"],
+    )?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server
+            .channel("studio")?
+            .is_some_and(|c| c.to_string().contains("H.265")))
+    })?;
+    let until = Instant::now() + Duration::from_secs(4);
+    let (frames, keyframes) = interop_tests::watch_h265(&server, "studio", until)?;
+    ensure!(
+        frames >= 60 && keyframes >= 1,
+        "{frames} frames, {keyframes} keyframes"
+    );
+    Ok(())
+}
+
 mod refusals {
     use std::io;
     use std::net::SocketAddr;
