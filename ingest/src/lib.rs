@@ -4,11 +4,13 @@
 mod auth;
 pub mod es;
 pub mod ftl;
+mod listen;
 pub mod mpegts;
 mod publish;
 pub mod rtmp;
 pub mod srt;
 pub mod transcode;
+mod unwrap;
 
 use std::sync::Arc;
 

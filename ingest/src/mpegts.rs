@@ -8,6 +8,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::unwrap::Unwrap;
+
 /// Size of one transport packet.
 pub const PACKET_SIZE: usize = 188;
 const SYNC: u8 = 0x47;
@@ -87,8 +89,8 @@ pub struct Demuxer {
     streams: Vec<Stream>,
     /// A transport packet split across two pushes.
     partial: Vec<u8>,
-    /// The last unwrapped timestamp, shared by all streams so audio and video stay aligned.
-    last_time: Option<u64>,
+    /// Times unwrapped on one timeline shared by all streams, so audio and video stay aligned.
+    clock: Unwrap,
     stats: Stats,
 }
 
@@ -259,20 +261,7 @@ impl Demuxer {
 
     /// Places a raw 33-bit time on the shared timeline: the value nearest the last one.
     fn unwrap_time(&mut self, raw: u64) -> u64 {
-        let raw = raw & (WRAP - 1);
-        let time = match self.last_time {
-            None => raw + WRAP,
-            Some(last) => {
-                let base = last - last % WRAP;
-                [base.saturating_sub(WRAP), base, base + WRAP]
-                    .into_iter()
-                    .map(|b| b + raw)
-                    .min_by_key(|t| t.abs_diff(last))
-                    .unwrap_or(base + raw)
-            }
-        };
-        self.last_time = Some(time);
-        time
+        self.clock.extend(raw & (WRAP - 1), 33)
     }
 
     fn section(&mut self, payload: &[u8], unit_start: bool, table: Table) {

@@ -490,6 +490,37 @@ impl Browser {
     pub async fn player(&self) -> Result<Value> {
         self.eval("const s = window.starling || {}; return JSON.parse(JSON.stringify({state: s.state, ttffMs: s.ttffMs, sessions: s.sessions, video: s.video || null, audio: s.audio || null, layer: s.layer || null}));").await
     }
+
+    /// Waits until the page's player decodes video and receives audio; its state then.
+    pub async fn wait_playing(&self, limit: Duration) -> Result<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let p = self.player().await?;
+            if num(&p, "video.framesDecoded") > 0.0 && num(&p, "audio.totalSamplesReceived") > 0.0 {
+                return Ok(p);
+            }
+            ensure!(Instant::now() < deadline, "no video and audio: {p}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Checks, `secs` after `first`, that video kept decoding (15+ frames a second) and audio
+    /// kept playing out (48,000+ samples a second); the state then.
+    pub async fn keeps_playing(&self, first: &Value, secs: u64) -> Result<Value> {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let later = self.player().await?;
+        let s = secs as f64;
+        ensure!(
+            num(&later, "video.framesDecoded") > num(first, "video.framesDecoded") + 15.0 * s,
+            "video keeps decoding: {first} -> {later}"
+        );
+        ensure!(
+            num(&later, "audio.totalSamplesReceived")
+                > num(first, "audio.totalSamplesReceived") + 32_000.0 * s,
+            "audio keeps playing out: {first} -> {later}"
+        );
+        Ok(later)
+    }
 }
 
 impl Drop for Browser {

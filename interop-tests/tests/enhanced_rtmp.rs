@@ -180,6 +180,20 @@ impl Publisher {
         bail!("no answer from the server")
     }
 
+    /// Sends one video tag body per frame at 30 fps, in real time, from a thread.
+    fn send_paced(mut self, tags: Vec<Vec<u8>>) -> std::thread::JoinHandle<Result<()>> {
+        std::thread::spawn(move || {
+            let began = Instant::now();
+            for (i, tag) in tags.into_iter().enumerate() {
+                let ms = (i as u32) * 1000 / 30;
+                self.video(tag, ms)?;
+                let due = began + Duration::from_millis(u64::from(ms));
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            Ok(())
+        })
+    }
+
     fn video(&mut self, body: Vec<u8>, ms: u32) -> Result<()> {
         let r =
             self.session
@@ -203,22 +217,21 @@ fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
     start.extend_from_slice(&hvcc(&units[0])?);
     publisher.video(start, 0)?;
 
-    let sender = std::thread::spawn(move || -> Result<()> {
-        let began = Instant::now();
-        for (i, au) in units.iter().cycle().take(240).enumerate() {
+    let tags = units
+        .iter()
+        .cycle()
+        .take(240)
+        .map(|au| {
             let key = avc::avcc_nal_units(au, 4)?.iter().any(|u| hevc::is_irap(u));
             // CodedFrames: frame type key (1) or inter (2), composition time 0.
             let mut tag = vec![if key { 0x91 } else { 0xa1 }];
             tag.extend(b"hvc1");
             tag.extend([0, 0, 0]);
             tag.extend_from_slice(au);
-            let ms = (i as u32) * 1000 / 30;
-            publisher.video(tag, ms)?;
-            let due = began + Duration::from_millis(u64::from(ms));
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-        Ok(())
-    });
+            Ok(tag)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sender = publisher.send_paced(tags);
     server.wait_for(Duration::from_secs(10), || {
         Ok(server
             .channel("studio")?
@@ -333,20 +346,19 @@ async fn av1_over_enhanced_rtmp_plays_in_chromium() -> Result<()> {
     start.extend_from_slice(&first[..sequence_header_len]);
     let mut publisher = Publisher::connect(server.rtmp, "studio")?;
     publisher.video(start, 0)?;
-    let sender = std::thread::spawn(move || -> Result<()> {
-        let began = Instant::now();
-        for (i, (unit, key)) in units.iter().cycle().take(300).enumerate() {
+    let tags = units
+        .iter()
+        .cycle()
+        .take(300)
+        .map(|(unit, key)| {
             // CodedFrames; AV1 carries no composition time.
             let mut tag = vec![if *key { 0x91 } else { 0xa1 }];
             tag.extend(b"av01");
             tag.extend_from_slice(unit);
-            let ms = (i as u32) * 1000 / 30;
-            publisher.video(tag, ms)?;
-            let due = began + Duration::from_millis(u64::from(ms));
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-        Ok(())
-    });
+            tag
+        })
+        .collect();
+    let sender = publisher.send_paced(tags);
     server.wait_for(Duration::from_secs(10), || {
         Ok(server
             .channel("studio")?

@@ -18,28 +18,19 @@ async fn watch_decodes_video_and_audio(server: &Server, channel: &str) -> Result
         .client
         .goto(&server.url(&format!("/watch/{channel}")))
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let p = browser.player().await?;
-        if num(&p, "video.framesDecoded") > 0.0 && num(&p, "audio.totalSamplesReceived") > 0.0 {
-            break p;
-        }
-        ensure!(Instant::now() < deadline, "no video and audio: {p}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let later = browser.player().await?;
-    ensure!(
-        num(&later, "video.framesDecoded") > num(&first, "video.framesDecoded") + 45.0,
-        "video keeps decoding: {first} -> {later}"
-    );
-    ensure!(
-        num(&later, "audio.totalSamplesReceived")
-            > num(&first, "audio.totalSamplesReceived") + 96_000.0,
-        "audio keeps playing out: {first} -> {later}"
-    );
+    let first = browser.wait_playing(Duration::from_secs(30)).await?;
+    let later = browser.keeps_playing(&first, 3).await?;
     ensure!(num(&later, "video.frameWidth") == 640.0, "{later}");
     browser.close().await
+}
+
+/// ffmpeg pushing to `stream_id` with `audio_args`, once the channel is live.
+fn push_live(server: &Server, stream_id: &str, audio_args: &[&str]) -> Result<Ffmpeg> {
+    let ffmpeg = Ffmpeg::push_srt(&server.srt_url(stream_id), FAST_X264, audio_args)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("studio")?.is_some())
+    })?;
+    Ok(ffmpeg)
 }
 
 /// Once the stream has ended: prints the server-added latency each viewer's session logged as
@@ -57,14 +48,11 @@ fn print_server_added(server: &Server) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn srt_with_aac_plays_in_chromium() -> Result<()> {
     let server = Server::start(Some(CONFIG))?;
-    let ffmpeg = Ffmpeg::push_srt(
-        &server.srt_url("publish:studio?key=s3cret"),
-        FAST_X264,
+    let ffmpeg = push_live(
+        &server,
+        "publish:studio?key=s3cret",
         &["-c:a", "aac", "-b:a", "96k"],
     )?;
-    server.wait_for(Duration::from_secs(20), || {
-        Ok(server.channel("studio")?.is_some())
-    })?;
     watch_decodes_video_and_audio(&server, "studio").await?;
     drop(ffmpeg);
     print_server_added(&server)?;
@@ -77,14 +65,11 @@ async fn srt_with_aac_plays_in_chromium() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn srt_with_opus_in_the_access_control_form_plays_in_chromium() -> Result<()> {
     let server = Server::start(Some(CONFIG))?;
-    let _ffmpeg = Ffmpeg::push_srt(
-        &server.srt_url("#!::r=studio,m=publish,s=s3cret"),
-        FAST_X264,
+    let _ffmpeg = push_live(
+        &server,
+        "#!::r=studio,m=publish,s=s3cret",
         &["-c:a", "libopus", "-ar", "48000", "-b:a", "96k"],
     )?;
-    server.wait_for(Duration::from_secs(20), || {
-        Ok(server.channel("studio")?.is_some())
-    })?;
     watch_decodes_video_and_audio(&server, "studio").await?;
     ensure!(
         !server.log().contains("transcoding"),

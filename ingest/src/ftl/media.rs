@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub(super) use crate::unwrap::Unwrap;
+
 /// A missing packet is asked for again after this long, up to [`MAX_NACKS`] times.
 const NACK_RETRY: Duration = Duration::from_millis(80);
 const MAX_NACKS: u8 = 3;
@@ -57,33 +59,6 @@ impl Rtp {
             ssrc: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
             payload: datagram.slice(start..end),
         })
-    }
-}
-
-/// Unwraps a wrapping counter (16-bit sequence numbers, 32-bit timestamps) to 64 bits.
-#[derive(Default)]
-pub(super) struct Unwrap {
-    last: Option<u64>,
-}
-
-impl Unwrap {
-    pub(super) fn extend(&mut self, value: u64, bits: u32) -> u64 {
-        let span = 1u64 << bits;
-        let extended = match self.last {
-            None => value + span, // room below for late, earlier values
-            Some(last) => {
-                let base = last - last % span;
-                [base.saturating_sub(span), base, base + span]
-                    .into_iter()
-                    .map(|b| b + value)
-                    .min_by_key(|v| v.abs_diff(last))
-                    .unwrap_or(base + value)
-            }
-        };
-        if self.last.is_none_or(|l| extended > l) {
-            self.last = Some(extended);
-        }
-        extended
     }
 }
 

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::Semaphore;
-use tracing::{info_span, warn, Instrument};
 
 use crate::Ingest;
 
@@ -177,30 +175,13 @@ pub mod fuzzing {
 /// Accepts FTL control connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, config: FtlConfig, ingest: Ingest) {
     let ports = Arc::new(Ports::new(config.media_port_first, config.media_port_count));
-    // Connections still handshaking or streaming; more wait in the accept queue.
-    let permits = Arc::new(Semaphore::new(
-        usize::from(config.media_port_count).max(1) * 2,
-    ));
+    // Connections handshaking or streaming: twice the media ports, so handshakes that will be
+    // refused do not wait behind live publishers.
+    let limit = usize::from(config.media_port_count) * 2;
     let config = Arc::new(config);
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                warn!(%err, "ftl accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    crate::listen::accept_loop(listener, "ftl", limit, move |stream, _| {
         let (config, ingest, ports) = (config.clone(), ingest.clone(), ports.clone());
-        tokio::spawn(
-            async move {
-                connection::run(stream, &config, &ingest, &ports).await;
-                drop(permit);
-            }
-            .instrument(info_span!("ftl", %peer)),
-        );
-    }
+        async move { connection::run(stream, &config, &ingest, &ports).await }
+    })
+    .await;
 }

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{info_span, warn, Instrument};
 
 use crate::Ingest;
 
@@ -52,27 +50,10 @@ impl RtmpConfig {
 /// Accepts RTMP connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, config: RtmpConfig, ingest: Ingest) {
     let config = Arc::new(config);
-    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                warn!(%err, "rtmp accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let limit = config.max_connections;
+    crate::listen::accept_loop(listener, "rtmp", limit, move |stream, _| {
         let (config, ingest) = (config.clone(), ingest.clone());
-        let span = info_span!("rtmp", %peer);
-        tokio::spawn(
-            async move {
-                connection::run(stream, &config, &ingest).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
+        async move { connection::run(stream, &config, &ingest).await }
+    })
+    .await;
 }

@@ -1,0 +1,45 @@
+//! The accept loop TCP ingest protocols share: at most `limit` connections served at once
+//! (more wait in the kernel's accept queue), one task each, in a span naming the peer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{info_span, warn, Instrument};
+
+/// Accepts on `listener` until the task is dropped; `serve` runs each connection.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    protocol: &'static str,
+    limit: usize,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limit.max(1)));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(%err, protocol, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let connection = serve(stream, peer);
+        tokio::spawn(
+            async move {
+                connection.await;
+                drop(permit);
+            }
+            .instrument(info_span!("conn", protocol, %peer)),
+        );
+    }
+}
