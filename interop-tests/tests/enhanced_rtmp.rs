@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,37 +19,36 @@ use rml_rtmp::time::RtmpTimestamp;
 
 use interop_tests::{watch_h265, Server};
 
-/// HEVC access units from libx265 (an AUD before each, parameter sets before each keyframe).
-fn hevc_access_units(dir: &Path) -> Result<Vec<Bytes>> {
-    let out = dir.join("enhanced.hevc");
+/// Two or three seconds of the test pattern encoded by ffmpeg with `codec_args` into the raw
+/// format `format`.
+fn encode(seconds: u32, codec_args: &[&str], format: &str) -> Result<Vec<u8>> {
+    let dir = std::env::temp_dir().join(format!("starling-ertmp-{}-{format}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(format!("stream.{format}"));
     let ok = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
         .args([
-            "-f",
-            "lavfi",
             "-i",
             "testsrc2=size=640x360:rate=30",
             "-t",
-            "3",
+            &seconds.to_string(),
         ])
-        .args([
-            "-c:v",
-            "libx265",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args([
-            "-x265-params",
-            "keyint=30:bframes=0:aud=1:repeat-headers=1:log-level=error",
-        ])
-        .args(["-f", "hevc"])
+        .args(codec_args)
+        .args(["-pix_fmt", "yuv420p", "-f", format])
         .arg(&out)
         .status()?
         .success();
-    ensure!(ok, "ffmpeg libx265 failed");
-    let stream = Bytes::from(std::fs::read(&out)?);
+    ensure!(ok, "ffmpeg {codec_args:?} failed");
+    let data = std::fs::read(&out)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(data)
+}
+
+/// HEVC access units from libx265 (an AUD before each, parameter sets before each keyframe).
+fn hevc_access_units() -> Result<Vec<Bytes>> {
+    let x265 = ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params"];
+    let params = "keyint=30:bframes=0:aud=1:repeat-headers=1:log-level=error";
+    let stream = Bytes::from(encode(3, &[&x265[..], &[params]].concat(), "hevc")?);
     let mut units: Vec<Vec<Bytes>> = Vec::new();
     for nal in avc::annexb_nal_units(&stream) {
         if hevc::nal_type(&nal) == 35 || units.is_empty() {
@@ -205,10 +203,7 @@ impl Publisher {
 #[test]
 fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
     let server = Server::start(None)?;
-    let dir = std::env::temp_dir().join(format!("starling-ertmp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let units = hevc_access_units(&dir)?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let units = hevc_access_units()?;
     ensure!(units.len() >= 60, "{} access units", units.len());
     let mut publisher = Publisher::connect(server.rtmp, "studio")?;
     // SequenceStart (key frame, packet type 0) with the hvcC record.
@@ -293,36 +288,9 @@ fn av1_temporal_units(stream: &[u8]) -> Result<Vec<(Vec<u8>, bool)>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn av1_over_enhanced_rtmp_plays_in_chromium() -> Result<()> {
     let server = Server::start(None)?;
-    let dir = std::env::temp_dir().join(format!("starling-ertmp-av1-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let out = dir.join("enhanced.obu");
-    let ok = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30",
-            "-t",
-            "2",
-        ])
-        .args(["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8"])
-        .args([
-            "-g",
-            "30",
-            "-keyint_min",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "obu",
-        ])
-        .arg(&out)
-        .status()?
-        .success();
-    ensure!(ok, "ffmpeg libaom-av1 failed");
-    let units = av1_temporal_units(&std::fs::read(&out)?)?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let aom = ["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8"];
+    let gop = ["-g", "30", "-keyint_min", "30"];
+    let units = av1_temporal_units(&encode(2, &[&aom[..], &gop[..]].concat(), "obu")?)?;
     ensure!(units.len() >= 50 && units[0].1, "{} units", units.len());
     // av1C: marker and version, then the sequence header OBU as the config OBUs.
     let first = &units[0].0;

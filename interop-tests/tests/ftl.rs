@@ -4,11 +4,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use aws_lc_rs::hmac;
-use interop_tests::{num, Browser, Server};
+use interop_tests::{Browser, Server};
 
 const CHANNEL_ID: u32 = 1234;
 const VIDEO_SSRC: u32 = CHANNEL_ID + 1;
