@@ -3,8 +3,11 @@
 //! presentation times unwrapped past the 33-bit wrap. Pure, bounded and total: any bytes give
 //! some (possibly empty) output and counted errors, never a panic, so it can be fuzzed.
 //!
-//! A unit whose PES length is known (audio) is emitted as soon as its last byte arrives; a
-//! video PES (length 0, unbounded) ends when the next one starts on its PID.
+//! A unit whose PES length is known (audio) is emitted as soon as its last byte arrives. A video
+//! PES states no length: it ends when the next one starts on its PID, one frame later, or, with
+//! muxers that pad the last packet of each PES (ffmpeg's, so OBS's), at that padded packet: a
+//! frame interval sooner. A stream whose muxer pads in the middle of a PES is noticed (more
+//! payload after such an end) and goes back to waiting for the next start.
 
 use bytes::{Bytes, BytesMut};
 
@@ -80,6 +83,11 @@ struct Stream {
     counter: Option<u8>,
     /// The PES being gathered; `None` until a unit start is seen (or after an error).
     pes: Option<BytesMut>,
+    /// A padded packet ends a video PES (see the module's doc); off once a muxer is seen to pad
+    /// mid-PES.
+    padding_ends: bool,
+    /// The last PES was ended by padding and nothing has started since.
+    ended_by_padding: bool,
 }
 
 /// The demuxer: feed it bytes in any pieces with [`Demuxer::push`].
@@ -205,7 +213,16 @@ impl Demuxer {
         } else {
             MAX_AUDIO_PES
         };
+        if !header.unit_start && stream.pes.is_none() && stream.ended_by_padding {
+            // Payload after a padded packet: this muxer pads mid-PES. The frame already
+            // emitted was cut; from now on wait for the next unit start.
+            stream.padding_ends = false;
+            stream.ended_by_padding = false;
+            self.stats.dropped_units += 1;
+            return;
+        }
         if header.unit_start {
+            stream.ended_by_padding = false;
             if let Some(done) = stream.pes.take() {
                 self.finish(kind, done.freeze(), out);
             }
@@ -221,16 +238,24 @@ impl Demuxer {
             }
             pes.extend_from_slice(payload);
         }
-        // A PES that says how long it is ends without waiting for the next one.
+        // A PES that says how long it is ends without waiting for the next one; so does a video
+        // PES whose packet was padded, from a muxer that pads only the last packet.
         let stream = &mut self.streams[index];
-        if let Some(pes) = stream.pes.as_ref() {
-            if let Some(total) = pes_total_len(pes) {
-                if pes.len() >= total {
-                    if let Some(mut done) = stream.pes.take() {
-                        done.truncate(total);
-                        self.finish(kind, done.freeze(), out);
-                    }
-                }
+        let Some(pes) = stream.pes.as_ref() else {
+            return;
+        };
+        let end = match pes_total_len(pes) {
+            Some(total) => (pes.len() >= total).then_some(total),
+            None if kind.is_video() && stream.padding_ends && header.padded => {
+                stream.ended_by_padding = true;
+                Some(pes.len())
+            }
+            None => None,
+        };
+        if let Some(end) = end {
+            if let Some(mut done) = stream.pes.take() {
+                done.truncate(end);
+                self.finish(kind, done.freeze(), out);
             }
         }
     }
@@ -331,6 +356,8 @@ impl Demuxer {
                     kind,
                     counter: None,
                     pes: None,
+                    padding_ends: true,
+                    ended_by_padding: false,
                 }),
             }
         }
@@ -418,6 +445,8 @@ struct Header {
     /// Bytes of adaptation field (with its length byte), 0 when there is none.
     adaptation_len: usize,
     discontinuity: bool,
+    /// The adaptation field holds stuffing beyond its flags and PCR/OPCR/splice fields.
+    padded: bool,
 }
 
 impl Header {
@@ -433,6 +462,16 @@ impl Header {
             0
         };
         let discontinuity = has_adaptation && packet[4] > 0 && packet[5] & 0x80 != 0;
+        let padded = has_adaptation && {
+            let (len, flags) = (usize::from(packet[4]), packet[5]);
+            // Flags byte, PCR (6), OPCR (6), splice countdown (1); private data or an
+            // extension make the size unknown here: not counted as padding.
+            let fields = 1
+                + 6 * usize::from(flags & 0x10 != 0)
+                + 6 * usize::from(flags & 0x08 != 0)
+                + usize::from(flags & 0x04 != 0);
+            len > fields && flags & 0x03 == 0
+        };
         Some(Self {
             error: packet[1] & 0x80 != 0,
             unit_start: packet[1] & 0x40 != 0,
@@ -441,6 +480,7 @@ impl Header {
             has_payload: control & 0b01 != 0,
             adaptation_len,
             discontinuity,
+            padded,
         })
     }
 

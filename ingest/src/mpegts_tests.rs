@@ -361,3 +361,66 @@ proptest! {
         prop_assert!(d.stats().packets <= (ts.len() / PACKET_SIZE) as u64 + 1);
     }
 }
+
+#[test]
+fn a_padded_last_packet_ends_a_video_unit_without_waiting_for_the_next() {
+    let mut mux = Mux::new();
+    let mut ts = mux.pat();
+    ts.extend(mux.pmt(0x0f, &[]));
+    let au = video_au(1, 2000); // 2000 + 11 bytes: the last packet is padded
+    ts.extend(mux.pes(VIDEO_PID, 0xe0, 3000, None, &au, false));
+    let mut d = Demuxer::new();
+    let mut out = Vec::new();
+    d.push(&ts, &mut out);
+    assert_eq!(out.len(), 1, "emitted at its padded packet, no flush");
+    assert_eq!(&out[0].data[..], &au[..]);
+}
+
+#[test]
+fn a_muxer_that_pads_mid_unit_falls_back_to_waiting_for_the_next_unit() {
+    let mut mux = Mux::new();
+    let mut ts = mux.pat();
+    ts.extend(mux.pmt(0x0f, &[]));
+    // A PES in three packets whose middle one carries 100 bytes behind stuffing.
+    let au = video_au(1, 409); // 14 + 420 bytes of PES: 184, 100, then 150
+    let mut pes = vec![0, 0, 1, 0xe0, 0, 0, 0x80, 0x80, 5];
+    pes.extend(encode_time(0x2, 3000));
+    pes.extend_from_slice(&au);
+    let (first, rest) = pes.split_at(184);
+    let (middle, last) = rest.split_at(100);
+    let mut packet = |start: bool, payload: &[u8]| {
+        let counter = mux.next_counter(VIDEO_PID);
+        let mut p = vec![
+            SYNC,
+            0x40 * u8::from(start) | (VIDEO_PID >> 8) as u8,
+            VIDEO_PID as u8,
+        ];
+        if payload.len() == 184 {
+            p.push(0x10 | counter);
+        } else {
+            p.extend([0x30 | counter, (183 - payload.len()) as u8, 0]);
+            p.extend(std::iter::repeat_n(0xff, 182 - payload.len()));
+        }
+        p.extend_from_slice(payload);
+        assert_eq!(p.len(), PACKET_SIZE);
+        p
+    };
+    ts.extend(packet(true, first));
+    ts.extend(packet(false, middle));
+    ts.extend(packet(false, last));
+    let next = video_au(2, 600);
+    ts.extend(mux.pes(VIDEO_PID, 0xe0, 6000, None, &next, false));
+    let later = video_au(3, 5000);
+    ts.extend(mux.pes(VIDEO_PID, 0xe0, 9000, None, &later, false));
+    let (units, d) = demux_all(&ts);
+    // The cut first unit went out once; after that units wait for the next start: whole.
+    assert_eq!(units.len(), 3);
+    assert_eq!(
+        units[0].data.len(),
+        184 - 14 + 100,
+        "cut at the mid-unit padding"
+    );
+    assert_eq!(&units[1].data[..], &next[..]);
+    assert_eq!(&units[2].data[..], &later[..]);
+    assert_eq!(d.stats().dropped_units, 1);
+}
