@@ -1,0 +1,160 @@
+//! The behaviour every registry backend shares, as test functions any backend's tests call
+//! (the memory backend's now; the Redis backend's against a real `redis-server`).
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use media::ChannelName;
+
+use crate::model::{Load, NodeId, NodeInfo, Ports, Role};
+use crate::registry::{Claim, Event, Registry};
+
+const TTL: Duration = Duration::from_secs(5);
+
+pub(crate) fn node(id: &str) -> NodeInfo {
+    NodeInfo {
+        id: NodeId::new(id).expect("node id"),
+        roles: vec![Role::Ingest, Role::Sfu],
+        region: "eu".into(),
+        public_host: format!("{id}.live.example"),
+        ports: Ports {
+            http: 8080,
+            webrtc: 8189,
+            ..Ports::default()
+        },
+        load: Load::default(),
+        draining: false,
+    }
+}
+
+pub(crate) async fn registration_and_draining(registry: &impl Registry) {
+    let (a, b) = (node("node-a"), node("node-b"));
+    registry.register(b.clone(), TTL).await.expect("register b");
+    registry.register(a.clone(), TTL).await.expect("register a");
+    let ids: Vec<String> = registry
+        .nodes()
+        .await
+        .expect("nodes")
+        .iter()
+        .map(|n| n.id.to_string())
+        .collect();
+    assert_eq!(ids, ["node-a", "node-b"], "sorted by id");
+
+    // Renewing with new load updates it.
+    let mut busy = a.clone();
+    busy.load.viewers = 42;
+    registry.register(busy, TTL).await.expect("renew");
+    let nodes = registry.nodes().await.expect("nodes");
+    assert_eq!(nodes[0].load.viewers, 42);
+
+    assert!(registry.set_draining(&a.id, true).await.expect("drain"));
+    assert!(registry.nodes().await.expect("nodes")[0].draining);
+    assert!(registry.set_draining(&a.id, false).await.expect("undrain"));
+    let nobody = NodeId::new("nobody").expect("id");
+    assert!(!registry
+        .set_draining(&nobody, true)
+        .await
+        .expect("drain unknown"));
+
+    registry.deregister(&a.id).await.expect("deregister");
+    let nodes = registry.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].id, b.id);
+}
+
+pub(crate) async fn channels_are_claimed_atomically(registry: &impl Registry) {
+    let ids: Vec<NodeId> = (0..8).map(|i| node(&format!("n{i}")).id).collect();
+    for i in 0..8 {
+        registry
+            .register(node(&format!("n{i}")), TTL)
+            .await
+            .expect("register");
+    }
+    let channel = ChannelName::new("race").expect("name");
+    // Eight nodes claim at once: exactly one owns it.
+    let claims = join_all(ids.iter().map(|id| registry.claim_channel(&channel, id))).await;
+    let owners: Vec<&NodeId> = ids
+        .iter()
+        .zip(&claims)
+        .filter(|(_, c)| matches!(c, Ok(Claim::Owned)))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(owners.len(), 1, "{claims:?}");
+    let owner = owners[0].clone();
+    for (id, claim) in ids.iter().zip(&claims) {
+        if *id != owner {
+            assert_eq!(claim.as_ref().ok(), Some(&Claim::OwnedBy(owner.clone())));
+        }
+    }
+    // Claiming again is idempotent for the owner; others cannot release it.
+    assert_eq!(
+        registry.claim_channel(&channel, &owner).await.ok(),
+        Some(Claim::Owned)
+    );
+    let other = ids.iter().find(|id| **id != owner).expect("another node");
+    assert!(!registry
+        .release_channel(&channel, other)
+        .await
+        .expect("release"));
+    assert_eq!(
+        registry.channels().await.expect("channels"),
+        vec![(channel.clone(), owner.clone())]
+    );
+    // The owner lets go: another may claim it.
+    assert!(registry
+        .release_channel(&channel, &owner)
+        .await
+        .expect("release"));
+    assert_eq!(
+        registry.claim_channel(&channel, other).await.ok(),
+        Some(Claim::Owned)
+    );
+    // An unregistered node cannot own anything.
+    let ghost = NodeId::new("ghost").expect("id");
+    assert!(registry
+        .claim_channel(&ChannelName::new("x").expect("name"), &ghost)
+        .await
+        .is_err());
+    // A node that leaves takes its channels with it.
+    registry.deregister(other).await.expect("deregister");
+    assert!(registry.channels().await.expect("channels").is_empty());
+}
+
+pub(crate) async fn events_follow_changes(registry: &impl Registry) {
+    let mut events = registry.events();
+    let a = node("a");
+    registry.register(a.clone(), TTL).await.expect("register");
+    let mut renewed = a.clone();
+    renewed.load.viewers = 7; // load alone: no event
+    registry.register(renewed, TTL).await.expect("renew");
+    registry.set_draining(&a.id, true).await.expect("drain");
+    let channel = ChannelName::new("studio").expect("name");
+    registry
+        .claim_channel(&channel, &a.id)
+        .await
+        .expect("claim");
+    registry.deregister(&a.id).await.expect("deregister");
+
+    let mut draining = a.clone();
+    draining.draining = true;
+    draining.load.viewers = 7;
+    let expected = vec![
+        Event::NodeUp(a.clone()),
+        Event::NodeChanged(draining),
+        Event::ChannelClaimed {
+            channel: channel.clone(),
+            node: a.id.clone(),
+        },
+        Event::ChannelReleased {
+            channel,
+            node: a.id.clone(),
+        },
+        Event::NodeGone(a.id.clone()),
+    ];
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let next = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        seen.push(next.expect("an event in time").expect("event"));
+    }
+    assert_eq!(seen, expected);
+}

@@ -1,0 +1,113 @@
+//! The registry's contract, which every backend meets (`conformance` tests hold them to it).
+
+use std::future::Future;
+use std::time::Duration;
+
+use media::ChannelName;
+use tokio::sync::broadcast;
+
+use crate::model::{NodeId, NodeInfo};
+
+/// What a registry call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The registry cannot be reached (Redis down); callers keep their local view.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// A channel was claimed for a node that is not registered.
+    #[error("node {0} is not registered")]
+    NotRegistered(NodeId),
+}
+
+/// The outcome of claiming a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The channel is now (or was already) the claiming node's.
+    Owned,
+    /// Another node owns it.
+    OwnedBy(NodeId),
+}
+
+/// A change in the registry, for nodes keeping a local routing table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A node registered.
+    NodeUp(NodeInfo),
+    /// A node changed what routing looks at (draining, roles, ports, host, region); load
+    /// changes are not announced.
+    NodeChanged(NodeInfo),
+    /// A node deregistered or stopped renewing.
+    NodeGone(NodeId),
+    /// A channel got an origin node.
+    ChannelClaimed {
+        /// The channel.
+        channel: ChannelName,
+        /// Its origin.
+        node: NodeId,
+    },
+    /// A channel's origin let it go (or died).
+    ChannelReleased {
+        /// The channel.
+        channel: ChannelName,
+        /// The node that had it.
+        node: NodeId,
+    },
+}
+
+/// The cluster registry. Calls are cheap to repeat: a node renews by registering again.
+pub trait Registry: Send + Sync {
+    /// Registers or renews `node`; it vanishes `ttl` after its last renewal.
+    fn register(
+        &self,
+        node: NodeInfo,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Removes a node at once (graceful shutdown), with the channels it owns.
+    fn deregister(&self, id: &NodeId) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// The live nodes, sorted by id.
+    fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, RegistryError>> + Send;
+
+    /// Marks a node draining or not; false if there is no such node.
+    fn set_draining(
+        &self,
+        id: &NodeId,
+        draining: bool,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// Makes `node` the channel's origin unless another node is: atomic, so of two nodes
+    /// claiming at once exactly one gets [`Claim::Owned`].
+    fn claim_channel(
+        &self,
+        channel: &ChannelName,
+        node: &NodeId,
+    ) -> impl Future<Output = Result<Claim, RegistryError>> + Send;
+
+    /// Lets a channel go if `node` owns it; whether it did.
+    fn release_channel(
+        &self,
+        channel: &ChannelName,
+        node: &NodeId,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// Every owned channel with its origin, sorted by channel.
+    fn channels(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(ChannelName, NodeId)>, RegistryError>> + Send;
+
+    /// Changes from now on (a subscriber that lags loses the oldest and should resync).
+    fn events(&self) -> broadcast::Receiver<Event>;
+}
+
+/// How many events a subscriber may lag behind before it loses the oldest.
+pub(crate) const EVENT_BACKLOG: usize = 1024;
+
+/// Bounds on what a registry keeps.
+pub(crate) const MAX_NODES: usize = 10_000;
+pub(crate) const MAX_CHANNELS: usize = 100_000;
+
+/// A TTL is at least this (a node renews every second).
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
