@@ -28,6 +28,10 @@ pub struct Config {
     pub bus: media::BusConfig,
     /// The host name clients use to reach this node (used in printed URLs).
     pub public_host: Option<String>,
+    /// This node's id in the cluster (default: the host's name).
+    pub node_id: Option<String>,
+    /// This node's region, for placement.
+    pub region: Option<String>,
     /// Channels allowed to publish, with their keys. Empty: anyone may publish any name.
     pub channels: BTreeMap<String, ingest::ChannelConfig>,
 }
@@ -48,7 +52,7 @@ impl Default for HttpConfig {
     }
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 10] = [
     "http",
     "rtmp",
     "srt",
@@ -56,6 +60,8 @@ const SECTIONS: [&str; 8] = [
     "webrtc",
     "bus",
     "public_host",
+    "node_id",
+    "region",
     "channels",
 ];
 

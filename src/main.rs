@@ -1,6 +1,7 @@
 //! `starling`: the one binary. Thin: parse the CLI, load config, start components, shut down.
 
 mod config;
+mod node;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -31,6 +32,12 @@ pub struct ServeArgs {
     /// WebRTC media UDP listen address (all viewers share it).
     #[arg(long, value_name = "ADDR")]
     webrtc: Option<SocketAddr>,
+    /// This node's id in the cluster registry (default: the host's name).
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// This node's region, for placement.
+    #[arg(long, value_name = "NAME")]
+    region: Option<String>,
     /// Host name clients use to reach this node, shown in the printed URLs.
     #[arg(long, value_name = "NAME")]
     public_host: Option<String>,
@@ -50,6 +57,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.ftl.listen = args.ftl.unwrap_or(config.ftl.listen);
     config.webrtc.listen = args.webrtc.unwrap_or(config.webrtc.listen);
     config.public_host = args.public_host.or(config.public_host);
+    config.node_id = args.node_id.or(config.node_id);
+    config.region = args.region.or(config.region);
     tokio::runtime::Runtime::new()?.block_on(serve(config))
 }
 
@@ -70,6 +79,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("FTL {}", config.ftl.listen))?;
     config.srt.validate().map_err(anyhow::Error::msg)?;
+    let node_id = crate::node::node_id(config.node_id.as_deref())?;
     let ingest = ingest::Ingest::new(bus.clone(), publishers);
     let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
     let (http_addr, rtmp_addr) = (http.local_addr()?, rtmp.local_addr()?);
@@ -112,7 +122,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let ftl_task = tokio::spawn(ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()));
     let srt_task = tokio::spawn(ingest::srt::serve(config.srt.clone(), ingest.clone()));
     let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
-    let app = signaling::router(bus).merge(sfu::router(sfu));
+    let registry = Arc::new(cluster::MemoryRegistry::new());
+    let ports = cluster::Ports {
+        http: http_addr.port(),
+        rtmp: rtmp_addr.port(),
+        srt: config.srt.listen.port(),
+        ftl: config.ftl.listen.port(),
+        webrtc: sfu.local_addr().port(),
+        ..cluster::Ports::default()
+    };
+    let region = config.region.as_deref().unwrap_or("default");
+    let me = crate::node::info(node_id.clone(), region, &host, ports);
+    let load = {
+        let (sfu, bus) = (sfu.clone(), bus.clone());
+        move || cluster::Load {
+            viewers: u32::try_from(sfu.viewers()).unwrap_or(u32::MAX),
+            ingest_streams: bus.live().iter().filter(|b| b.publishing).count() as u32,
+            bitrate_out: 0,
+        }
+    };
+    let renew_task = tokio::spawn(crate::node::renew(registry.clone(), me, load));
+    let app = signaling::router(bus)
+        .merge(sfu::router(sfu))
+        .merge(crate::node::router(registry.clone()));
     let http_task = tokio::spawn(async move { axum::serve(http, app).await });
 
     tokio::select! {
@@ -122,6 +154,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         r = srt_task => r?.with_context(|| format!("SRT {}", config.srt.listen))?,
         r = tokio::signal::ctrl_c() => { r?; info!("shutting down"); }
     }
+    renew_task.abort();
+    let _ = cluster::Registry::deregister(&*registry, &node_id).await;
     Ok(())
 }
 

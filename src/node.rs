@@ -1,0 +1,74 @@
+//! This node in the cluster registry: who it is, what it serves and how loaded it is, renewed
+//! every second; `GET /api/nodes` lists what the registry knows. With no Redis configured the
+//! registry is this process's own (in memory), so it lists this node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use cluster::{Load, MemoryRegistry, NodeId, NodeInfo, Ports, Registry, Role};
+use tracing::warn;
+
+/// How long a registration lives without renewal.
+const TTL: Duration = Duration::from_secs(5);
+/// How often it is renewed.
+const RENEW: Duration = Duration::from_secs(1);
+
+/// This node's id: the configured one, else the host's name, else `starling`.
+pub fn node_id(configured: Option<&str>) -> anyhow::Result<NodeId> {
+    if let Some(id) = configured {
+        return NodeId::new(id).ok_or_else(|| {
+            anyhow::anyhow!("node id {id:?}: use 1-64 characters of A-Z a-z 0-9 _ - .")
+        });
+    }
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    Ok(NodeId::new(host.trim()).unwrap_or_else(|| NodeId::new("starling").expect("valid id")))
+}
+
+/// What this node registers, before its load is filled in.
+pub fn info(id: NodeId, region: &str, public_host: &str, ports: Ports) -> NodeInfo {
+    NodeInfo {
+        id,
+        roles: vec![Role::Ingest, Role::Sfu, Role::Signaling],
+        region: region.to_owned(),
+        public_host: public_host.to_owned(),
+        ports,
+        load: Load::default(),
+        draining: false,
+    }
+}
+
+/// Keeps `info` registered, with the load `load` reports, until the task is dropped.
+pub async fn renew(
+    registry: Arc<MemoryRegistry>,
+    mut info: NodeInfo,
+    load: impl Fn() -> Load + Send + 'static,
+) {
+    let mut tick = tokio::time::interval(RENEW);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        info.load = load();
+        match registry.register(info.clone(), TTL).await {
+            Ok(()) => failing = false,
+            Err(err) if !failing => {
+                failing = true;
+                warn!(%err, "registry: cannot renew this node; media keeps flowing");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// `GET /api/nodes`: the live nodes as JSON.
+pub fn router(registry: Arc<MemoryRegistry>) -> Router {
+    Router::new()
+        .route("/api/nodes", get(nodes))
+        .with_state(registry)
+}
+
+async fn nodes(State(registry): State<Arc<MemoryRegistry>>) -> Json<Vec<NodeInfo>> {
+    Json(registry.nodes().await.unwrap_or_default())
+}
