@@ -392,7 +392,7 @@ fn a_muxer_that_pads_mid_unit_falls_back_to_waiting_for_the_next_unit() {
         let counter = mux.next_counter(VIDEO_PID);
         let mut p = vec![
             SYNC,
-            0x40 * u8::from(start) | (VIDEO_PID >> 8) as u8,
+            (0x40 * u8::from(start)) | (VIDEO_PID >> 8) as u8,
             VIDEO_PID as u8,
         ];
         if payload.len() == 184 {
