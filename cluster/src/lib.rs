@@ -1,16 +1,18 @@
 //! The cluster's memory: which nodes exist, what they serve, how loaded they are, and which
 //! node owns each channel. One [`Registry`] trait with backends: in memory (one node, the
-//! default of `starling serve`) here; Redis over TLS next. Placement is a pure function.
+//! default of `starling serve`) and Redis over TLS (a cluster). Placement is a pure function.
 #![warn(missing_docs, unreachable_pub)]
 
 mod memory;
 mod model;
 mod placement;
+mod redis;
 mod registry;
 
 pub use memory::MemoryRegistry;
 pub use model::{Load, NodeId, NodeInfo, Ports, Role};
 pub use placement::choose;
+pub use redis::{RedisRegistry, TlsFiles};
 pub use registry::{Claim, Event, Registry, RegistryError};
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl MemoryRegistry {
 }
 
 /// Whether two registrations differ in what routing looks at (not load).
-fn routing_changed(a: &NodeInfo, b: &NodeInfo) -> bool {
+pub(crate) fn routing_changed(a: &NodeInfo, b: &NodeInfo) -> bool {
     (&a.roles, &a.region, &a.public_host, &a.ports, a.draining)
         != (&b.roles, &b.region, &b.public_host, &b.ports, b.draining)
 }
