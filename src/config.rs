@@ -32,6 +32,15 @@ pub struct Config {
     pub node_id: Option<String>,
     /// This node's region, for placement.
     pub region: Option<String>,
+    /// The cluster registry's Redis (`rediss://host:port`; env `STARLING_REDIS_URL`). None:
+    /// the registry is this node's own, in memory.
+    pub redis_url: Option<String>,
+    /// HTTPS URL of the Redis TLS bundle with its token (env `STARLING_REDIS_TLS_BUNDLE_URL`).
+    pub redis_tls_bundle_url: Option<crate::registry::Secret>,
+    /// The Redis TLS files by path, instead of the bundle URL.
+    pub redis_tls: Option<crate::registry::TlsPaths>,
+    /// Allow a Redis over plain TCP (a warning says so).
+    pub redis_insecure: bool,
     /// Channels allowed to publish, with their keys. Empty: anyone may publish any name.
     pub channels: BTreeMap<String, ingest::ChannelConfig>,
 }
@@ -52,7 +61,7 @@ impl Default for HttpConfig {
     }
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 14] = [
     "http",
     "rtmp",
     "srt",
@@ -62,6 +71,10 @@ const SECTIONS: [&str; 10] = [
     "public_host",
     "node_id",
     "region",
+    "redis_url",
+    "redis_tls_bundle_url",
+    "redis_tls",
+    "redis_insecure",
     "channels",
 ];
 

@@ -2,6 +2,7 @@
 
 mod config;
 mod node;
+mod registry;
 mod serve;
 
 use clap::{Parser, Subcommand};

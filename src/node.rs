@@ -1,6 +1,6 @@
 //! This node in the cluster registry: who it is, what it serves and how loaded it is, renewed
 //! every second; `GET /api/nodes` lists what the registry knows. With no Redis configured the
-//! registry is this process's own (in memory), so it lists this node.
+//! registry is this process's own (in memory), so it lists this node; with Redis, the cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use cluster::{Load, MemoryRegistry, NodeId, NodeInfo, Ports, Registry, Role};
-use tracing::warn;
+use cluster::{Load, NodeId, NodeInfo, Ports, Registry, Role};
+use tracing::{info, warn};
 
 /// How long a registration lives without renewal.
 const TTL: Duration = Duration::from_secs(5);
@@ -40,19 +40,28 @@ pub fn info(id: NodeId, region: &str, public_host: &str, ports: Ports) -> NodeIn
     }
 }
 
-/// Keeps `info` registered, with the load `load` reports, until the task is dropped.
-pub async fn renew(
-    registry: Arc<MemoryRegistry>,
+/// Keeps `info` registered, with the load `load` reports, until `stop` fires; then
+/// deregisters it at once (graceful shutdown).
+pub async fn renew<R: Registry + 'static>(
+    registry: Arc<R>,
     mut info: NodeInfo,
     load: impl Fn() -> Load + Send + 'static,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(RENEW);
     let mut failing = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => break,
+        }
         info.load = load();
         match registry.register(info.clone(), TTL).await {
-            Ok(()) => failing = false,
+            Ok(()) if failing => {
+                failing = false;
+                info!("registry: reachable again; this node is registered");
+            }
+            Ok(()) => {}
             Err(err) if !failing => {
                 failing = true;
                 warn!(%err, "registry: cannot renew this node; media keeps flowing");
@@ -60,15 +69,18 @@ pub async fn renew(
             Err(_) => {}
         }
     }
+    if let Err(err) = registry.deregister(&info.id).await {
+        warn!(%err, "registry: could not deregister this node; it expires with its TTL");
+    }
 }
 
 /// `GET /api/nodes`: the live nodes as JSON.
-pub fn router(registry: Arc<MemoryRegistry>) -> Router {
+pub fn router<R: Registry + 'static>(registry: Arc<R>) -> Router {
     Router::new()
-        .route("/api/nodes", get(nodes))
+        .route("/api/nodes", get(nodes::<R>))
         .with_state(registry)
 }
 
-async fn nodes(State(registry): State<Arc<MemoryRegistry>>) -> Json<Vec<NodeInfo>> {
+async fn nodes<R: Registry>(State(registry): State<Arc<R>>) -> Json<Vec<NodeInfo>> {
     Json(registry.nodes().await.unwrap_or_default())
 }

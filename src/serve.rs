@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -122,7 +121,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let ftl_task = tokio::spawn(ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()));
     let srt_task = tokio::spawn(ingest::srt::serve(config.srt.clone(), ingest.clone()));
     let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
-    let registry = Arc::new(cluster::MemoryRegistry::new());
+    let registry = crate::registry::open(
+        config.redis_url.as_deref(),
+        config.redis_tls_bundle_url.as_ref(),
+        config.redis_tls.as_ref(),
+        config.redis_insecure,
+    )
+    .await?;
     let ports = cluster::Ports {
         http: http_addr.port(),
         rtmp: rtmp_addr.port(),
@@ -141,10 +146,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             bitrate_out: 0,
         }
     };
-    let renew_task = tokio::spawn(crate::node::renew(registry.clone(), me, load));
-    let app = signaling::router(bus)
-        .merge(sfu::router(sfu))
-        .merge(crate::node::router(registry.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let (renew_task, nodes) = match registry {
+        crate::registry::Backend::Memory(r) => (
+            tokio::spawn(crate::node::renew(r.clone(), me, load, stopped)),
+            crate::node::router(r),
+        ),
+        crate::registry::Backend::Redis(r) => (
+            tokio::spawn(crate::node::renew(r.clone(), me, load, stopped)),
+            crate::node::router(r),
+        ),
+    };
+    let app = signaling::router(bus).merge(sfu::router(sfu)).merge(nodes);
     let http_task = tokio::spawn(async move { axum::serve(http, app).await });
 
     tokio::select! {
@@ -154,8 +167,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         r = srt_task => r?.with_context(|| format!("SRT {}", config.srt.listen))?,
         r = tokio::signal::ctrl_c() => { r?; info!("shutting down"); }
     }
-    renew_task.abort();
-    let _ = cluster::Registry::deregister(&*registry, &node_id).await;
+    // Deregister at once rather than expire.
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), renew_task).await;
     Ok(())
 }
 

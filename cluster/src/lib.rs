@@ -3,12 +3,14 @@
 //! default of `starling serve`) and Redis over TLS (a cluster). Placement is a pure function.
 #![warn(missing_docs, unreachable_pub)]
 
+mod bundle;
 mod memory;
 mod model;
 mod placement;
 mod redis;
 mod registry;
 
+pub use bundle::{download as download_bundle, from_paths as bundle_from_paths, BundleError};
 pub use memory::MemoryRegistry;
 pub use model::{Load, NodeId, NodeInfo, Ports, Role};
 pub use placement::choose;

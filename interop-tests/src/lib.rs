@@ -58,6 +58,11 @@ pub struct Server {
 impl Server {
     /// Starts a server with an optional TOML config body.
     pub fn start(config: Option<&str>) -> Result<Self> {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Starts a server with a config body and environment variables (secrets go there).
+    pub fn start_with_env(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
         let bin = starling_bin();
         anyhow::ensure!(
             bin.exists(),
@@ -92,6 +97,7 @@ impl Server {
             std::fs::write(&path, config)?;
             cmd.arg("--config").arg(path);
         }
+        cmd.envs(env.iter().copied());
         cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug,str0m=warn")
             .env("NO_COLOR", "1");
         let mut child = cmd
@@ -135,6 +141,12 @@ impl Server {
             })
             .context("server did not become healthy")?;
         Ok(server)
+    }
+
+    /// Kills the server at once (SIGKILL): no shutdown, no goodbye to the registry.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Everything the server printed so far.

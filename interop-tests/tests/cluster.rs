@@ -71,3 +71,235 @@ fn a_malformed_node_id_stops_the_start_with_the_reason() -> Result<()> {
     ensure!(err.contains("node id"), "{err}");
     Ok(())
 }
+
+mod redis {
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, ensure, Context, Result};
+    use interop_tests::{starling_bin, Server};
+
+    /// A child process killed on drop.
+    struct Killed(Child);
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> Result<u16> {
+        Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    }
+
+    fn wait_listening(port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nothing listens on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// A TLS Redis requiring client certificates and the HTTPS server of its client bundle,
+    /// both set up by deploy/redis-tls-certs.
+    struct Cluster {
+        dir: PathBuf,
+        redis_port: u16,
+        bundle_port: u16,
+        _redis: Killed,
+        _bundle: Killed,
+    }
+
+    const TOKEN: &str = "t0ken-1f3a9c";
+
+    impl Cluster {
+        fn start() -> Result<Self> {
+            let dir =
+                std::env::temp_dir().join(format!("starling-cluster-it-{}", std::process::id()));
+            let (redis_port, bundle_port) = (free_port()?, free_port()?);
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let ok = Command::new(root.join("../deploy/redis-tls-certs"))
+                .arg(&dir)
+                .args(["--host", "127.0.0.1", "--port", &redis_port.to_string()])
+                .output()?
+                .status
+                .success();
+            ensure!(ok, "deploy/redis-tls-certs failed");
+            let redis = Killed(
+                Command::new("redis-server")
+                    .arg(dir.join("redis.conf"))
+                    .args(["--save", "", "--appendonly", "no", "--dir"])
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("redis-server (scripts/test installs it)")?,
+            );
+            // The bundle server reuses Redis's certificate (its name is 127.0.0.1 too).
+            let bundle = Killed(
+                Command::new("python3")
+                    .arg(root.join("bundle_server.py"))
+                    .arg(bundle_port.to_string())
+                    .args([
+                        dir.join("redis.crt"),
+                        dir.join("redis.key"),
+                        dir.join("bundle.zip"),
+                    ])
+                    .env("BUNDLE_TOKEN", TOKEN)
+                    .spawn()?,
+            );
+            wait_listening(redis_port)?;
+            wait_listening(bundle_port)?;
+            Ok(Self {
+                dir,
+                redis_port,
+                bundle_port,
+                _redis: redis,
+                _bundle: bundle,
+            })
+        }
+
+        fn config(&self, node: &str) -> String {
+            format!(
+                "node_id = \"{node}\"\nredis_url = \"rediss://127.0.0.1:{}\"\n",
+                self.redis_port
+            )
+        }
+
+        fn env(&self, token: &str) -> Vec<(String, String)> {
+            vec![
+                (
+                    "STARLING_REDIS_TLS_BUNDLE_URL".into(),
+                    format!(
+                        "https://127.0.0.1:{}/bundle.zip?access_token={token}",
+                        self.bundle_port
+                    ),
+                ),
+                // The bundle server's certificate comes from a private CA: trusted this way.
+                ("SSL_CERT_FILE".into(), self.ca().display().to_string()),
+            ]
+        }
+
+        fn ca(&self) -> PathBuf {
+            self.dir.join("ca.crt")
+        }
+
+        fn node(&self, id: &str) -> Result<Server> {
+            let env = self.env(TOKEN);
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Server::start_with_env(Some(&self.config(id)), &env)
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn node_ids(server: &Server) -> Result<Vec<String>> {
+        let (_, body) = server.get("/api/nodes")?;
+        let nodes: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(nodes
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `starling serve` that must not start: its stderr.
+    fn refused_start(config: &str, env: &[(String, String)], dir: &Path) -> Result<String> {
+        let config_path = dir.join("refused.toml");
+        std::fs::write(&config_path, config)?;
+        let out = Command::new(starling_bin())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--rtmp",
+                "127.0.0.1:0",
+                "--srt",
+                "127.0.0.1:0",
+            ])
+            .args(["--ftl", "127.0.0.1:0", "--webrtc", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .output()?;
+        ensure!(!out.status.success(), "it started");
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    #[test]
+    fn nodes_register_in_tls_redis_with_the_downloaded_bundle_and_a_killed_one_expires(
+    ) -> Result<()> {
+        let cluster = Cluster::start()?;
+        let a = cluster.node("node-a")?;
+        let mut b = cluster.node("node-b")?;
+        a.wait_for(Duration::from_secs(5), || {
+            Ok(node_ids(&a)? == ["node-a", "node-b"])
+        })?;
+        ensure!(node_ids(&b)? == ["node-a", "node-b"], "both see both");
+        ensure!(
+            !a.log().contains(TOKEN),
+            "the bundle URL's token is never logged"
+        );
+
+        // kill -9: no goodbye; it vanishes within the TTL (5 s).
+        let killed = Instant::now();
+        b.kill_now();
+        a.wait_for(Duration::from_secs(8), || Ok(node_ids(&a)? == ["node-a"]))?;
+        eprintln!(
+            "node-b gone from the registry {:?} after kill -9",
+            killed.elapsed()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_wrong_token_or_an_untrusted_bundle_server_stops_the_start_with_the_reason() -> Result<()> {
+        let cluster = Cluster::start()?;
+        let wrong = refused_start(
+            &cluster.config("c"),
+            &cluster.env("wrong-token"),
+            &cluster.dir,
+        )?;
+        ensure!(wrong.contains("HTTP 401"), "{wrong}");
+        ensure!(
+            !wrong.contains("wrong-token"),
+            "no token in the error: {wrong}"
+        );
+
+        // Without the private CA in SSL_CERT_FILE the bundle server is not trusted.
+        let mut env = cluster.env(TOKEN);
+        env.retain(|(k, _)| k != "SSL_CERT_FILE");
+        env.push(("SSL_CERT_FILE".into(), "/nonexistent".into()));
+        let untrusted = refused_start(&cluster.config("c"), &env, &cluster.dir)?;
+        ensure!(untrusted.contains("TLS bundle"), "{untrusted}");
+        for line in untrusted.lines().filter(|l| l.contains("bundle")) {
+            eprintln!("{line}");
+        }
+        ensure!(
+            !untrusted.contains(TOKEN),
+            "no token in the error: {untrusted}"
+        );
+
+        // Redis without TLS configured: refused unless insecure is asked for.
+        let plain = refused_start(&cluster.config("c"), &[], &cluster.dir)?;
+        ensure!(plain.contains("Redis needs TLS"), "{plain}");
+        Ok(())
+    }
+}
