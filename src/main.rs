@@ -1,5 +1,6 @@
 //! `starling`: the one binary. Thin: parse the CLI, load config, start components, shut down.
 
+mod cluster_cli;
 mod config;
 mod node;
 mod registry;
@@ -19,11 +20,14 @@ struct Cli {
 enum Command {
     /// Run every role in one process (RTMP ingest, WebRTC SFU, HTTP player and API).
     Serve(serve::ServeArgs),
+    /// Operator commands against the cluster registry: nodes, channels, drain, undrain.
+    Cluster(cluster_cli::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Cluster(args) => cluster_cli::run(args),
     }
 }

@@ -41,15 +41,13 @@ pub enum Backend {
     Redis(Arc<RedisRegistry>),
 }
 
-/// Tries to connect this long at start before giving up, with backoff.
-const CONNECT_FOR: Duration = Duration::from_secs(30);
-
 /// Opens the registry the configuration names.
 pub async fn open(
     url: Option<&str>,
     bundle_url: Option<&Secret>,
     paths: Option<&TlsPaths>,
     insecure: bool,
+    connect_for: Duration,
 ) -> anyhow::Result<Backend> {
     let Some(url) = url else {
         return Ok(Backend::Memory(Arc::new(MemoryRegistry::new())));
@@ -86,7 +84,7 @@ pub async fn open(
                 info!("registry: connected to Redis");
                 return Ok(Backend::Redis(Arc::new(registry)));
             }
-            Err(err) if started.elapsed() < CONNECT_FOR => {
+            Err(err) if started.elapsed() < connect_for => {
                 warn!(%err, retry_in_ms = delay.as_millis() as u64, "registry: cannot reach Redis");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));

@@ -126,6 +126,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.redis_tls_bundle_url.as_ref(),
         config.redis_tls.as_ref(),
         config.redis_insecure,
+        // A Redis down at start is retried with backoff this long.
+        std::time::Duration::from_secs(30),
     )
     .await?;
     let ports = cluster::Ports {

@@ -49,6 +49,9 @@ pub(crate) async fn registration_and_draining(registry: &impl Registry) {
 
     assert!(registry.set_draining(&a.id, true).await.expect("drain"));
     assert!(registry.nodes().await.expect("nodes")[0].draining);
+    // Draining is the operator's: the node's own renewals do not undo it.
+    registry.register(a.clone(), TTL).await.expect("renew");
+    assert!(registry.nodes().await.expect("nodes")[0].draining);
     assert!(registry.set_draining(&a.id, false).await.expect("undrain"));
     let nobody = NodeId::new("nobody").expect("id");
     assert!(!registry

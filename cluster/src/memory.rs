@@ -96,8 +96,12 @@ pub(crate) fn routing_changed(a: &NodeInfo, b: &NodeInfo) -> bool {
 }
 
 impl Registry for MemoryRegistry {
-    async fn register(&self, node: NodeInfo, ttl: Duration) -> Result<(), RegistryError> {
+    async fn register(&self, mut node: NodeInfo, ttl: Duration) -> Result<(), RegistryError> {
         let mut state = self.live();
+        // Draining is set by operators; a renewal keeps it.
+        if let Some(old) = state.nodes.get(&node.id) {
+            node.draining = old.info.draining;
+        }
         let expires = Instant::now() + ttl.max(MIN_TTL);
         let id = node.id.clone();
         let event = match state.nodes.get(&id) {

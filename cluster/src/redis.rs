@@ -5,6 +5,7 @@
 //! - `node:{id}`: the node's registration as JSON, expiring after its TTL unless renewed;
 //! - `channel:{name}`: the id of the node that owns the channel, expiring with the same TTL,
 //!   renewed with the node; `owned:{id}` lists a node's channels, so they go with it;
+//! - `draining`: the set of drained node ids (the operator's, kept across renewals);
 //! - the pub/sub channel `events` carries [`Event`]s as JSON.
 //!
 //! Claims, releases and deregistration are Lua scripts, so each is atomic.
@@ -124,6 +125,10 @@ impl RedisRegistry {
         format!("{}channel:{channel}", self.prefix)
     }
 
+    fn draining_key(&self) -> String {
+        format!("{}draining", self.prefix)
+    }
+
     fn owned_key(&self, id: &NodeId) -> String {
         format!("{}owned:{id}", self.prefix)
     }
@@ -234,10 +239,15 @@ return released
 ";
 
 impl Registry for RedisRegistry {
-    async fn register(&self, node: NodeInfo, ttl: Duration) -> Result<(), RegistryError> {
+    async fn register(&self, mut node: NodeInfo, ttl: Duration) -> Result<(), RegistryError> {
         *self.ttl.lock().unwrap_or_else(|e| e.into_inner()) = ttl.max(MIN_TTL);
-        let json = serde_json::to_string(&node).map_err(unavailable)?;
+        // Draining is the operator's, kept in its own set.
         let mut conn = self.conn.clone();
+        node.draining = conn
+            .sismember(self.draining_key(), node.id.as_str())
+            .await
+            .map_err(unavailable)?;
+        let json = serde_json::to_string(&node).map_err(unavailable)?;
         let old: Option<String> = Script::new(REGISTER)
             .key(self.node_key(&node.id))
             .key(self.owned_key(&node.id))
@@ -265,6 +275,10 @@ impl Registry for RedisRegistry {
     async fn deregister(&self, id: &NodeId) -> Result<(), RegistryError> {
         let mut conn = self.conn.clone();
         let existed: bool = conn.exists(self.node_key(id)).await.map_err(unavailable)?;
+        let _: i64 = conn
+            .srem(self.draining_key(), id.as_str())
+            .await
+            .map_err(unavailable)?;
         let released: Vec<String> = Script::new(DEREGISTER)
             .key(self.node_key(id))
             .key(self.owned_key(id))
@@ -294,32 +308,35 @@ impl Registry for RedisRegistry {
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_str(&v).ok())
             .collect();
+        let mut conn = self.conn.clone();
+        let draining: Vec<String> = conn
+            .smembers(self.draining_key())
+            .await
+            .map_err(unavailable)?;
+        for node in &mut nodes {
+            node.draining = draining.iter().any(|d| d == node.id.as_str());
+        }
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
     }
 
     async fn set_draining(&self, id: &NodeId, draining: bool) -> Result<bool, RegistryError> {
         let mut conn = self.conn.clone();
-        let key = self.node_key(id);
-        let Some(json): Option<String> = conn.get(&key).await.map_err(unavailable)? else {
+        let Some(json): Option<String> = conn.get(self.node_key(id)).await.map_err(unavailable)?
+        else {
             return Ok(false);
         };
-        let mut node: NodeInfo = serde_json::from_str(&json).map_err(unavailable)?;
-        if node.draining == draining {
-            return Ok(true);
+        let changed: i64 = if draining {
+            conn.sadd(self.draining_key(), id.as_str()).await
+        } else {
+            conn.srem(self.draining_key(), id.as_str()).await
         }
-        node.draining = draining;
-        let json = serde_json::to_string(&node).map_err(unavailable)?;
-        // KEEPTTL: draining does not renew the registration.
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(json)
-            .arg("KEEPTTL")
-            .arg("XX")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        self.publish(&Event::NodeChanged(node)).await;
+        .map_err(unavailable)?;
+        if changed == 1 {
+            let mut node: NodeInfo = serde_json::from_str(&json).map_err(unavailable)?;
+            node.draining = draining;
+            self.publish(&Event::NodeChanged(node)).await;
+        }
         Ok(true)
     }
 

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::conformance;
 
+/// One Redis at a time: free ports are picked by binding and releasing, so two set-ups at once
+/// could pick the same one.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Redis {
     child: Child,
     dir: PathBuf,
@@ -78,6 +82,7 @@ async fn registry(redis: &Redis, prefix: &str) -> RedisRegistry {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn meets_the_registry_contract_over_tls() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = redis_tls();
     conformance::registration_and_draining(&registry(&redis, "t1:").await).await;
     conformance::channels_are_claimed_atomically(&registry(&redis, "t2:").await).await;
@@ -86,6 +91,7 @@ async fn meets_the_registry_contract_over_tls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_share_it_and_a_silent_one_expires_with_its_channels() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = redis_tls();
     let (a, b) = (
         registry(&redis, "ttl:").await,
@@ -127,6 +133,7 @@ async fn two_nodes_share_it_and_a_silent_one_expires_with_its_channels() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_certificate_from_another_ca_is_refused() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = redis_tls();
     let other = std::env::temp_dir().join(format!("starling-cluster-other-{}", std::process::id()));
     certs(&other, redis.port);

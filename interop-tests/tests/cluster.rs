@@ -47,7 +47,7 @@ fn the_node_lists_itself_with_its_ports_and_load() -> Result<()> {
 }
 
 #[test]
-fn a_malformed_node_id_stops_the_start_with_the_reason() -> Result<()> {
+fn a_malformed_node_id_or_a_missing_registry_is_refused_with_the_reason() -> Result<()> {
     let out = Command::new(starling_bin())
         .args([
             "serve",
@@ -69,6 +69,14 @@ fn a_malformed_node_id_stops_the_start_with_the_reason() -> Result<()> {
     ensure!(!out.status.success(), "it started");
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("node id"), "{err}");
+
+    // The cluster commands need a shared registry.
+    let out = Command::new(starling_bin())
+        .args(["cluster", "nodes"])
+        .output()?;
+    ensure!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("no cluster registry is configured"), "{err}");
     Ok(())
 }
 
@@ -117,6 +125,10 @@ mod redis {
     }
 
     const TOKEN: &str = "t0ken-1f3a9c";
+
+    /// One cluster at a time: free ports are picked by binding and releasing, so two set-ups
+    /// at once could pick the same one.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     impl Cluster {
         fn start() -> Result<Self> {
@@ -185,6 +197,26 @@ mod redis {
             ]
         }
 
+        /// `starling cluster ARGS` with this cluster's configuration; its stdout, or an error
+        /// with its output if it failed.
+        fn cli(&self, args: &[&str]) -> Result<String> {
+            let config = self.dir.join("cli.toml");
+            std::fs::write(&config, self.config("cli"))?;
+            let out = Command::new(starling_bin())
+                .args(["cluster", "--config"])
+                .arg(&config)
+                .args(args)
+                .envs(self.env(TOKEN))
+                .output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            ensure!(
+                out.status.success(),
+                "{args:?}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(stdout)
+        }
+
         fn ca(&self) -> PathBuf {
             self.dir.join("ca.crt")
         }
@@ -246,6 +278,7 @@ mod redis {
     #[test]
     fn nodes_register_in_tls_redis_with_the_downloaded_bundle_and_a_killed_one_expires(
     ) -> Result<()> {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let cluster = Cluster::start()?;
         let a = cluster.node("node-a")?;
         let mut b = cluster.node("node-b")?;
@@ -257,6 +290,30 @@ mod redis {
             !a.log().contains(TOKEN),
             "the bundle URL's token is never logged"
         );
+
+        // The operator's commands, reading the same configuration.
+        let table = cluster.cli(&["nodes"])?;
+        ensure!(
+            table.contains("node-a") && table.contains("node-b"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&cluster.cli(&["--json", "nodes"])?)?;
+        ensure!(json.as_array().is_some_and(|n| n.len() == 2), "{json}");
+        ensure!(cluster.cli(&["drain", "node-b"])?.contains("draining"));
+        let draining = |server: &Server| -> Result<bool> {
+            let (_, body) = server.get("/api/nodes")?;
+            let nodes: serde_json::Value = serde_json::from_str(&body)?;
+            Ok(nodes[1]["id"] == "node-b" && nodes[1]["draining"] == true)
+        };
+        // It stays drained across the node's own renewals.
+        std::thread::sleep(Duration::from_millis(2500));
+        ensure!(draining(&a)?, "node-b drained");
+        ensure!(
+            cluster.cli(&["drain", "nobody"]).is_err(),
+            "an unknown node"
+        );
+        cluster.cli(&["undrain", "node-b"])?;
+        ensure!(!draining(&a)?, "node-b takes newcomers again");
 
         // kill -9: no goodbye; it vanishes within the TTL (5 s).
         let killed = Instant::now();
@@ -271,6 +328,7 @@ mod redis {
 
     #[test]
     fn a_wrong_token_or_an_untrusted_bundle_server_stops_the_start_with_the_reason() -> Result<()> {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let cluster = Cluster::start()?;
         let wrong = refused_start(
             &cluster.config("c"),
