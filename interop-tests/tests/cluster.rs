@@ -114,13 +114,25 @@ mod redis {
         Ok(())
     }
 
+    fn redis_server(dir: &Path) -> Result<Killed> {
+        Ok(Killed(
+            Command::new("redis-server")
+                .arg(dir.join("redis.conf"))
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("redis-server (scripts/test installs it)")?,
+        ))
+    }
+
     /// A TLS Redis requiring client certificates and the HTTPS server of its client bundle,
     /// both set up by deploy/redis-tls-certs.
     struct Cluster {
         dir: PathBuf,
         redis_port: u16,
         bundle_port: u16,
-        _redis: Killed,
+        redis: Option<Killed>,
         _bundle: Killed,
     }
 
@@ -128,7 +140,7 @@ mod redis {
 
     /// One cluster at a time: free ports are picked by binding and releasing, so two set-ups
     /// at once could pick the same one.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     impl Cluster {
         fn start() -> Result<Self> {
@@ -143,15 +155,7 @@ mod redis {
                 .status
                 .success();
             ensure!(ok, "deploy/redis-tls-certs failed");
-            let redis = Killed(
-                Command::new("redis-server")
-                    .arg(dir.join("redis.conf"))
-                    .args(["--save", "", "--appendonly", "no", "--dir"])
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .context("redis-server (scripts/test installs it)")?,
-            );
+            let redis = redis_server(&dir)?;
             // The bundle server reuses Redis's certificate (its name is 127.0.0.1 too).
             let bundle = Killed(
                 Command::new("python3")
@@ -171,7 +175,7 @@ mod redis {
                 dir,
                 redis_port,
                 bundle_port,
-                _redis: redis,
+                redis: Some(redis),
                 _bundle: bundle,
             })
         }
@@ -215,6 +219,16 @@ mod redis {
                 String::from_utf8_lossy(&out.stderr)
             );
             Ok(stdout)
+        }
+
+        /// Stops Redis (as an outage would), or starts it again on the same port.
+        fn set_redis(&mut self, up: bool) -> Result<()> {
+            self.redis = None;
+            if up {
+                self.redis = Some(redis_server(&self.dir)?);
+                wait_listening(self.redis_port)?;
+            }
+            Ok(())
         }
 
         fn ca(&self) -> PathBuf {
@@ -278,7 +292,7 @@ mod redis {
     #[test]
     fn nodes_register_in_tls_redis_with_the_downloaded_bundle_and_a_killed_one_expires(
     ) -> Result<()> {
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = ONE_AT_A_TIME.blocking_lock();
         let cluster = Cluster::start()?;
         let a = cluster.node("node-a")?;
         let mut b = cluster.node("node-b")?;
@@ -328,7 +342,7 @@ mod redis {
 
     #[test]
     fn a_wrong_token_or_an_untrusted_bundle_server_stops_the_start_with_the_reason() -> Result<()> {
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = ONE_AT_A_TIME.blocking_lock();
         let cluster = Cluster::start()?;
         let wrong = refused_start(
             &cluster.config("c"),
@@ -359,5 +373,46 @@ mod redis {
         let plain = refused_start(&cluster.config("c"), &[], &cluster.dir)?;
         ensure!(plain.contains("Redis needs TLS"), "{plain}");
         Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn media_keeps_flowing_while_redis_is_down_and_the_node_registers_again() -> Result<()> {
+        let _one = ONE_AT_A_TIME.lock().await;
+        let mut cluster = Cluster::start()?;
+        let node = cluster.node("node-a")?;
+        node.wait_for(
+            Duration::from_secs(5),
+            || Ok(node_ids(&node)? == ["node-a"]),
+        )?;
+        let _ffmpeg =
+            interop_tests::Ffmpeg::push_rtmp(&node.rtmp_url("alice"), interop_tests::FAST_X264)?;
+        node.wait_for(Duration::from_secs(20), || {
+            Ok(node.channel("alice")?.is_some())
+        })?;
+        let browser = interop_tests::Browser::start().await?;
+        browser.client.goto(&node.url("/watch/alice")).await?;
+        let first = browser.wait_playing(Duration::from_secs(30)).await?;
+
+        // Redis goes away for 4 s: the viewer keeps playing; the node says so once.
+        cluster.set_redis(false)?;
+        let during = browser.keeps_playing(&first, 4).await?;
+        ensure!(
+            node.log()
+                .contains("registry: cannot renew this node; media keeps flowing"),
+            "{}",
+            node.log()
+        );
+        // It comes back: the node registers again by itself.
+        cluster.set_redis(true)?;
+        node.wait_for(Duration::from_secs(10), || {
+            Ok(node_ids(&node)? == ["node-a"])
+        })?;
+        ensure!(
+            node.log().contains("registry: reachable again"),
+            "{}",
+            node.log()
+        );
+        browser.keeps_playing(&during, 2).await?;
+        browser.close().await
     }
 }
