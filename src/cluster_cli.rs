@@ -50,7 +50,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             config.redis_tls_bundle_url.as_ref(),
             config.redis_tls.as_ref(),
             config.redis_insecure,
-            Duration::from_secs(5),
+            registry::Connect::Within(Duration::from_secs(5)),
         )
         .await?;
         let Backend::Redis(registry) = backend else {

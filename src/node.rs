@@ -2,6 +2,7 @@
 //! every second; `GET /api/nodes` lists what the registry knows. With no Redis configured the
 //! registry is this process's own (in memory), so it lists this node; with Redis, the cluster.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ pub async fn renew<R: Registry + 'static>(
     registry: Arc<R>,
     mut info: NodeInfo,
     load: impl Fn() -> Load + Send + 'static,
+    registered: Arc<AtomicBool>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(RENEW);
@@ -56,7 +58,9 @@ pub async fn renew<R: Registry + 'static>(
             _ = &mut stop => break,
         }
         info.load = load();
-        match registry.register(info.clone(), TTL).await {
+        let result = registry.register(info.clone(), TTL).await;
+        registered.store(result.is_ok(), Ordering::Relaxed);
+        match result {
             Ok(()) if failing => {
                 failing = false;
                 info!("registry: reachable again; this node is registered");
@@ -74,11 +78,25 @@ pub async fn renew<R: Registry + 'static>(
     }
 }
 
-/// `GET /api/nodes`: the live nodes as JSON.
-pub fn router<R: Registry + 'static>(registry: Arc<R>) -> Router {
+/// `GET /api/nodes`: the live nodes as JSON. `GET /healthz`: the node is alive, and whether
+/// its last registration reached the registry (the node serves either way).
+pub fn router<R: Registry + 'static>(registry: Arc<R>, registered: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/api/nodes", get(nodes::<R>))
         .with_state(registry)
+        .route(
+            "/healthz",
+            get(move || {
+                let up = registered.load(Ordering::Relaxed);
+                async move {
+                    if up {
+                        "ok\nregistry: ok\n"
+                    } else {
+                        "ok\nregistry: unavailable (retrying)\n"
+                    }
+                }
+            }),
+        )
 }
 
 async fn nodes<R: Registry>(State(registry): State<Arc<R>>) -> Json<Vec<NodeInfo>> {

@@ -39,6 +39,106 @@ pub enum Backend {
     Memory(Arc<MemoryRegistry>),
     /// The cluster's, in Redis.
     Redis(Arc<RedisRegistry>),
+    /// The cluster's, in Redis, being connected in the background.
+    Connecting(Arc<Connecting>),
+}
+
+/// How long to try reaching Redis.
+pub enum Connect {
+    /// At most this long, then fail (the `cluster` commands).
+    Within(Duration),
+    /// For as long as it takes, in the background, while the node serves (`serve`).
+    InBackground,
+}
+
+/// A Redis registry not reached yet: calls fail as unavailable until it is.
+pub struct Connecting {
+    registry: tokio::sync::OnceCell<Arc<RedisRegistry>>,
+    events: tokio::sync::broadcast::Sender<cluster::Event>,
+}
+
+impl Connecting {
+    fn get(&self) -> Result<&Arc<RedisRegistry>, cluster::RegistryError> {
+        self.registry
+            .get()
+            .ok_or_else(|| cluster::RegistryError::Unavailable("Redis not reached yet".into()))
+    }
+
+    /// Retries with backoff until connected; then forwards its events.
+    async fn connect(self: Arc<Self>, url: String, tls: Option<cluster::TlsFiles>) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match RedisRegistry::connect(&url, tls.clone(), "starling:").await {
+                Ok(registry) => {
+                    info!("registry: connected to Redis");
+                    let mut events = cluster::Registry::events(&registry);
+                    let registry = Arc::new(registry);
+                    let _ = self.registry.set(registry);
+                    while let Ok(event) = events.recv().await {
+                        let _ = self.events.send(event);
+                    }
+                    return;
+                }
+                Err(err) => {
+                    warn!(%err, retry_in_ms = delay.as_millis() as u64, "registry: cannot reach Redis; serving meanwhile");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+impl cluster::Registry for Connecting {
+    async fn register(
+        &self,
+        node: cluster::NodeInfo,
+        ttl: Duration,
+    ) -> Result<(), cluster::RegistryError> {
+        self.get()?.register(node, ttl).await
+    }
+
+    async fn deregister(&self, id: &cluster::NodeId) -> Result<(), cluster::RegistryError> {
+        self.get()?.deregister(id).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<cluster::NodeInfo>, cluster::RegistryError> {
+        self.get()?.nodes().await
+    }
+
+    async fn set_draining(
+        &self,
+        id: &cluster::NodeId,
+        draining: bool,
+    ) -> Result<bool, cluster::RegistryError> {
+        self.get()?.set_draining(id, draining).await
+    }
+
+    async fn claim_channel(
+        &self,
+        channel: &media::ChannelName,
+        node: &cluster::NodeId,
+    ) -> Result<cluster::Claim, cluster::RegistryError> {
+        self.get()?.claim_channel(channel, node).await
+    }
+
+    async fn release_channel(
+        &self,
+        channel: &media::ChannelName,
+        node: &cluster::NodeId,
+    ) -> Result<bool, cluster::RegistryError> {
+        self.get()?.release_channel(channel, node).await
+    }
+
+    async fn channels(
+        &self,
+    ) -> Result<Vec<(media::ChannelName, cluster::NodeId)>, cluster::RegistryError> {
+        self.get()?.channels().await
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<cluster::Event> {
+        self.events.subscribe()
+    }
 }
 
 /// Opens the registry the configuration names.
@@ -47,7 +147,7 @@ pub async fn open(
     bundle_url: Option<&Secret>,
     paths: Option<&TlsPaths>,
     insecure: bool,
-    connect_for: Duration,
+    connect: Connect,
 ) -> anyhow::Result<Backend> {
     let Some(url) = url else {
         return Ok(Backend::Memory(Arc::new(MemoryRegistry::new())));
@@ -76,6 +176,17 @@ pub async fn open(
     if tls.is_some() && !url.starts_with("rediss://") {
         bail!("with TLS files the Redis URL must be rediss://");
     }
+    let connect_for = match connect {
+        Connect::Within(limit) => limit,
+        Connect::InBackground => {
+            let connecting = Arc::new(Connecting {
+                registry: tokio::sync::OnceCell::new(),
+                events: tokio::sync::broadcast::channel(1024).0,
+            });
+            tokio::spawn(connecting.clone().connect(url.to_owned(), tls));
+            return Ok(Backend::Connecting(connecting));
+        }
+    };
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {

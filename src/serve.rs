@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -126,8 +128,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.redis_tls_bundle_url.as_ref(),
         config.redis_tls.as_ref(),
         config.redis_insecure,
-        // A Redis down at start is retried with backoff this long.
-        std::time::Duration::from_secs(30),
+        // A Redis down at start does not stop the node: it is retried in the background.
+        crate::registry::Connect::InBackground,
     )
     .await?;
     let ports = cluster::Ports {
@@ -149,14 +151,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let (stop, stopped) = tokio::sync::oneshot::channel();
+    let registered = Arc::new(AtomicBool::new(false));
+    let flag = registered.clone();
     let (renew_task, nodes) = match registry {
         crate::registry::Backend::Memory(r) => (
-            tokio::spawn(crate::node::renew(r.clone(), me, load, stopped)),
-            crate::node::router(r),
+            tokio::spawn(crate::node::renew(r.clone(), me, load, flag, stopped)),
+            crate::node::router(r, registered),
         ),
         crate::registry::Backend::Redis(r) => (
-            tokio::spawn(crate::node::renew(r.clone(), me, load, stopped)),
-            crate::node::router(r),
+            tokio::spawn(crate::node::renew(r.clone(), me, load, flag, stopped)),
+            crate::node::router(r, registered),
+        ),
+        crate::registry::Backend::Connecting(r) => (
+            tokio::spawn(crate::node::renew(r.clone(), me, load, flag, stopped)),
+            crate::node::router(r, registered),
         ),
     };
     let app = signaling::router(bus).merge(sfu::router(sfu)).merge(nodes);

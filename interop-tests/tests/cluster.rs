@@ -393,9 +393,11 @@ mod redis {
         browser.client.goto(&node.url("/watch/alice")).await?;
         let first = browser.wait_playing(Duration::from_secs(30)).await?;
 
-        // Redis goes away for 4 s: the viewer keeps playing; the node says so once.
+        // Redis goes away for 4 s: the viewer keeps playing; the node says so once, and in
+        // /healthz.
         cluster.set_redis(false)?;
         let during = browser.keeps_playing(&first, 4).await?;
+        ensure!(node.get("/healthz")?.1.contains("registry: unavailable"));
         ensure!(
             node.log()
                 .contains("registry: cannot renew this node; media keeps flowing"),
@@ -414,5 +416,32 @@ mod redis {
         );
         browser.keeps_playing(&during, 2).await?;
         browser.close().await
+    }
+
+    #[test]
+    fn a_node_started_while_redis_is_down_serves_and_registers_once_it_is_up() -> Result<()> {
+        let _one = ONE_AT_A_TIME.blocking_lock();
+        let mut cluster = Cluster::start()?;
+        cluster.set_redis(false)?;
+        let node = cluster.node("node-a")?; // healthy without Redis
+        let (status, health) = node.get("/healthz")?;
+        ensure!(
+            status == 200 && health.contains("registry: unavailable"),
+            "{health}"
+        );
+        // Said once in the log; the first connection attempt itself takes a few seconds to fail.
+        node.wait_for(Duration::from_secs(5), || {
+            Ok(node
+                .log()
+                .contains("registry: cannot renew this node; media keeps flowing"))
+        })?;
+        cluster.set_redis(true)?;
+        node.wait_for(Duration::from_secs(15), || {
+            Ok(node_ids(&node)? == ["node-a"])
+        })?;
+        node.wait_for(Duration::from_secs(3), || {
+            Ok(node.get("/healthz")?.1.contains("registry: ok"))
+        })?;
+        Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! `GET /`, `GET /watch/{channel}`, `GET /api/channels[/{channel}]`, `GET /healthz`.
+//! `GET /`, `GET /watch/{channel}`, `GET /api/channels[/{channel}]`.
 
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +21,6 @@ pub fn router(bus: Bus) -> Router {
         .route("/publish/{channel}", get(publish))
         .route("/api/channels", get(channels))
         .route("/api/channels/{channel}", get(channel))
-        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(bus)
 }
 
@@ -150,6 +149,5 @@ mod tests {
             get(&bus, "/watch/%3Cscript%3E").await.0,
             StatusCode::BAD_REQUEST
         );
-        assert_eq!(get(&bus, "/healthz").await, (StatusCode::OK, "ok\n".into()));
     }
 }
