@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use cluster::{Load, NodeId, NodeInfo, Ports, Registry, Role};
+use cluster::{Claim, Load, NodeId, NodeInfo, Ports, Registry, Role};
 use tracing::{info, warn};
 
 /// How long a registration lives without renewal.
@@ -101,4 +101,44 @@ pub fn router<R: Registry + 'static>(registry: Arc<R>, registered: Arc<AtomicBoo
 
 async fn nodes<R: Registry>(State(registry): State<Arc<R>>) -> Json<Vec<NodeInfo>> {
     Json(registry.nodes().await.unwrap_or_default())
+}
+
+/// Channel claims for ingest, made in `registry` for node `id`. A registry that cannot be
+/// reached does not keep publishers out: the channel goes unclaimed and a warning says so.
+pub fn claims<R: Registry + 'static>(registry: Arc<R>, id: NodeId) -> Arc<dyn ingest::Claims> {
+    Arc::new(RegistryClaims { registry, id })
+}
+
+struct RegistryClaims<R> {
+    registry: Arc<R>,
+    id: NodeId,
+}
+
+impl<R: Registry + 'static> ingest::Claims for RegistryClaims<R> {
+    fn claim<'a>(
+        &'a self,
+        channel: &'a media::ChannelName,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), ingest::HeldElsewhere>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            match self.registry.claim_channel(channel, &self.id).await {
+                Ok(Claim::Owned) => Ok(()),
+                Ok(Claim::OwnedBy(node)) => Err(ingest::HeldElsewhere(node.to_string())),
+                Err(err) => {
+                    warn!(%err, %channel, "registry: channel not claimed; admitting its publisher");
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn release(&self, channel: media::ChannelName) {
+        let (registry, id) = (self.registry.clone(), self.id.clone());
+        tokio::spawn(async move {
+            if let Err(err) = registry.release_channel(&channel, &id).await {
+                warn!(%err, %channel, "registry: channel not released; it expires with this node");
+            }
+        });
+    }
 }

@@ -81,7 +81,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("FTL {}", config.ftl.listen))?;
     config.srt.validate().map_err(anyhow::Error::msg)?;
     let node_id = crate::node::node_id(config.node_id.as_deref())?;
-    let ingest = ingest::Ingest::new(bus.clone(), publishers);
+    let registry = crate::registry::open(
+        config.redis_url.as_deref(),
+        config.redis_tls_bundle_url.as_ref(),
+        config.redis_tls.as_ref(),
+        config.redis_insecure,
+        // A Redis down at start does not stop the node: it is retried in the background.
+        crate::registry::Connect::InBackground,
+    )
+    .await?;
+    let mut ingest = ingest::Ingest::new(bus.clone(), publishers);
+    // In a cluster, a publisher is admitted once its channel is claimed for this node.
+    ingest = match &registry {
+        crate::registry::Backend::Memory(_) => ingest,
+        crate::registry::Backend::Redis(r) => {
+            ingest.with_claims(crate::node::claims(r.clone(), node_id.clone()))
+        }
+        crate::registry::Backend::Connecting(r) => {
+            ingest.with_claims(crate::node::claims(r.clone(), node_id.clone()))
+        }
+    };
     let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
     let (http_addr, rtmp_addr) = (http.local_addr()?, rtmp.local_addr()?);
 
@@ -123,15 +142,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let ftl_task = tokio::spawn(ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()));
     let srt_task = tokio::spawn(ingest::srt::serve(config.srt.clone(), ingest.clone()));
     let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
-    let registry = crate::registry::open(
-        config.redis_url.as_deref(),
-        config.redis_tls_bundle_url.as_ref(),
-        config.redis_tls.as_ref(),
-        config.redis_insecure,
-        // A Redis down at start does not stop the node: it is retried in the background.
-        crate::registry::Connect::InBackground,
-    )
-    .await?;
     let ports = cluster::Ports {
         http: http_addr.port(),
         rtmp: rtmp_addr.port(),

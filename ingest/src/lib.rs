@@ -2,6 +2,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
+mod claims;
 pub mod es;
 pub mod ftl;
 mod listen;
@@ -15,6 +16,7 @@ mod unwrap;
 use std::sync::Arc;
 
 pub use auth::{AuthError, ChannelConfig, ConfigError, Publishers, StreamKey};
+pub use claims::{Claimed, Claims, HeldElsewhere};
 pub use ftl::FtlConfig;
 use media::{BroadcastProducer, Bus, BusError, ChannelName};
 pub use publish::{Publish, BFRAMES_NOTICE};
@@ -26,6 +28,7 @@ pub use srt::SrtConfig;
 pub struct Ingest {
     bus: Bus,
     publishers: Arc<Publishers>,
+    claims: Option<Arc<dyn Claims>>,
 }
 
 /// Why a publisher was turned away. Never holds the key.
@@ -38,6 +41,9 @@ pub enum Refusal {
     /// Another publisher is live on the channel.
     #[error(transparent)]
     Live(#[from] BusError),
+    /// Another node of the cluster holds the channel's publisher.
+    #[error("channel is live on node {}", .0 .0)]
+    Elsewhere(HeldElsewhere),
 }
 
 impl Refusal {
@@ -45,7 +51,7 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::Auth(_) => "NetStream.Publish.Rejected",
-            Refusal::Live(_) => "NetStream.Publish.BadName",
+            Refusal::Live(_) | Refusal::Elsewhere(_) => "NetStream.Publish.BadName",
         }
     }
 }
@@ -56,7 +62,23 @@ impl Ingest {
         Self {
             bus,
             publishers: Arc::new(publishers),
+            claims: None,
         }
+    }
+
+    /// In a cluster: publishers are admitted only once their channel is claimed.
+    pub fn with_claims(mut self, claims: Arc<dyn Claims>) -> Self {
+        self.claims = Some(claims);
+        self
+    }
+
+    /// Claims `channel` for this node (in a cluster), before its publisher is admitted.
+    pub async fn claim(&self, channel: &ChannelName) -> Result<Claimed, Refusal> {
+        let Some(claims) = &self.claims else {
+            return Ok(Claimed::nothing());
+        };
+        claims.claim(channel).await.map_err(Refusal::Elsewhere)?;
+        Ok(Claimed::new(claims.clone(), channel.clone()))
     }
 
     /// The bus publishers write into.
@@ -110,6 +132,17 @@ impl Ingest {
     ) -> Result<ChannelName, Refusal> {
         let name = self.publishers.authorize_hmac(channel, challenge, tag)?;
         self.not_live(name)
+    }
+
+    /// Authorises an RTMP-style stream key without starting anything (see [`Ingest::authorize`]).
+    pub fn authorize_stream_key(&self, stream_key: &str) -> Result<ChannelName, Refusal> {
+        let name = self.publishers.authorize_stream_key(stream_key)?;
+        self.not_live(name)
+    }
+
+    /// Starts the broadcast of a channel already authorised (and claimed, in a cluster).
+    pub fn start_authorized(&self, channel: ChannelName) -> Result<Publish, Refusal> {
+        Ok(Publish::new(self.bus.publish(channel)?))
     }
 
     /// Authorises an RTMP-style stream key and starts its broadcast.

@@ -444,4 +444,53 @@ mod redis {
         })?;
         Ok(())
     }
+
+    #[test]
+    fn a_channel_has_one_origin_in_the_cluster_and_is_free_again_when_its_publisher_leaves(
+    ) -> Result<()> {
+        let _one = ONE_AT_A_TIME.blocking_lock();
+        let cluster = Cluster::start()?;
+        let (a, b) = (cluster.node("node-a")?, cluster.node("node-b")?);
+        a.wait_for(Duration::from_secs(5), || Ok(node_ids(&a)?.len() == 2))?;
+        let channels = || -> Result<serde_json::Value> {
+            Ok(serde_json::from_str(
+                &cluster.cli(&["--json", "channels"])?,
+            )?)
+        };
+
+        let mut first =
+            interop_tests::Ffmpeg::push_rtmp(&a.rtmp_url("alice"), interop_tests::FAST_X264)?;
+        a.wait_for(Duration::from_secs(20), || {
+            Ok(a.channel("alice")?.is_some())
+        })?;
+        let owned = channels()?;
+        ensure!(
+            owned[0]["channel"] == "alice" && owned[0]["node"] == "node-a",
+            "{owned}"
+        );
+
+        // The same channel on the other node: refused, with the reason in its log.
+        let second =
+            interop_tests::Ffmpeg::push_rtmp(&b.rtmp_url("alice"), interop_tests::FAST_X264)?;
+        let (ok, _) = second.wait_exit(Duration::from_secs(20))?;
+        ensure!(!ok, "node-b took a second publisher of alice");
+        ensure!(
+            b.log().contains("channel is live on node node-a"),
+            "{}",
+            b.log()
+        );
+        ensure!(b.channel("alice")?.is_none());
+
+        // The first publisher leaves: the channel is free, and node-b may take it.
+        first.kill();
+        a.wait_for(Duration::from_secs(10), || {
+            Ok(channels()?.as_array().is_some_and(|c| c.is_empty()))
+        })?;
+        let _third =
+            interop_tests::Ffmpeg::push_rtmp(&b.rtmp_url("alice"), interop_tests::FAST_X264)?;
+        b.wait_for(Duration::from_secs(20), || {
+            Ok(channels()?[0]["node"] == "node-b")
+        })?;
+        Ok(())
+    }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Publisher {
     pub(crate) io: PeerIo,
     pub(crate) broadcast: BroadcastProducer,
     pub(crate) sfu: Sfu,
+    /// The channel held in the cluster registry while publishing.
+    pub(crate) _claim: ingest::Claimed,
 }
 
 /// One incoming stream (a media line, and a simulcast layer of it).

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::control::{code, Action, Control, Media, CHALLENGE_LEN, MAX_LINE};
 use super::media::{self, Rtp, Unwrap, VideoReceiver};
 use super::{FtlConfig, Lease, Ports};
-use crate::{Ingest, Publish, Refusal};
+use crate::{Claimed, Ingest, Publish, Refusal};
 
 /// How often incomplete video is revisited (NACK retries, giving up).
 const TICK: Duration = Duration::from_millis(20);
@@ -62,6 +62,8 @@ struct Streaming {
     publish: Publish,
     media: Media,
     lease: Lease,
+    /// The channel held in the cluster registry while streaming.
+    _claim: Claimed,
 }
 
 /// Drives one control connection to its end and logs how it ended.
@@ -139,6 +141,7 @@ async fn handshake(
     local_ip: IpAddr,
 ) -> Result<Streaming, &'static str> {
     let mut channel = None;
+    let mut claim = None;
     loop {
         let line = match lines.next().await {
             Ok(line) => line,
@@ -153,16 +156,21 @@ async fn handshake(
         let mut action = control.on_line(&line);
         if let Action::Authenticate { channel_id, tag } = &action {
             let name = config.channel_name(*channel_id);
-            let result = match ingest.authorize_hmac(&name, control.challenge(), tag) {
-                Ok(n) => {
+            let admitted = match ingest.authorize_hmac(&name, control.challenge(), tag) {
+                Ok(n) => ingest.claim(&n).await.map(|held| (n, held)),
+                Err(refusal) => Err(refusal),
+            };
+            let result = match admitted {
+                Ok((n, held)) => {
                     channel = Some(n);
+                    claim = Some(held);
                     Ok(())
                 }
                 Err(Refusal::Auth(err)) => {
                     debug!(%err, "ftl key check");
                     Err(code::INVALID_STREAM_KEY)
                 }
-                Err(Refusal::Live(_)) => Err(code::CHANNEL_IN_USE),
+                Err(Refusal::Live(_) | Refusal::Elsewhere(_)) => Err(code::CHANNEL_IN_USE),
             };
             action = control.authenticated(result);
         }
@@ -174,6 +182,7 @@ async fn handshake(
                 publish,
                 media,
                 lease,
+                _claim: claim.take().unwrap_or_else(Claimed::nothing),
             });
         }
         match action {
@@ -234,6 +243,7 @@ async fn stream_media(
         mut publish,
         media,
         lease,
+        _claim,
     } = streaming;
     let mut feed = Feed {
         media,

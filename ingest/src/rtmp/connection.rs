@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use media::ChannelName;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
@@ -14,7 +15,8 @@ use tracing::{debug, info, warn};
 
 use super::flv::{self, AudioTag, VideoTag};
 use super::RtmpConfig;
-use crate::{Ingest, Publish};
+
+use crate::{Claimed, Ingest, Publish};
 
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -37,6 +39,8 @@ pub(super) async fn run(mut stream: TcpStream, config: &RtmpConfig, ingest: &Ing
     let _ = stream.set_nodelay(true);
     let mut conn = Connection {
         publish: None,
+        pending: None,
+        claim: None,
         unsupported_logged: false,
         start: None,
     };
@@ -53,6 +57,10 @@ pub(super) async fn run(mut stream: TcpStream, config: &RtmpConfig, ingest: &Ing
 
 struct Connection {
     publish: Option<Publish>,
+    /// An authorised publish request waiting for its channel to be claimed in the cluster.
+    pending: Option<(u32, ChannelName)>,
+    /// The channel held in the cluster registry while publishing.
+    claim: Option<Claimed>,
     unsupported_logged: bool,
     /// First RTMP timestamp seen, to make this publisher's timestamps start near zero.
     start: Option<u32>,
@@ -122,6 +130,30 @@ impl Connection {
                 ServerSessionResult::UnhandleableMessageReceived(_) => {}
             }
         }
+        if let Some((request_id, channel)) = self.pending.take() {
+            let started = match ingest.claim(&channel).await {
+                Ok(claim) => ingest.start_authorized(channel).map(|p| (p, claim)),
+                Err(refusal) => Err(refusal),
+            };
+            let answer = match started {
+                Ok((publish, claim)) => {
+                    info!(channel = %publish.broadcast().name(), "publishing");
+                    self.publish = Some(publish);
+                    self.claim = Some(claim);
+                    session.accept_request(request_id)
+                }
+                Err(refusal) => {
+                    refused = Some(refusal.to_string());
+                    session.reject_request(request_id, refusal.code(), &refusal.to_string())
+                }
+            };
+            let results = answer.map_err(|e| ConnectionError::Session(e.to_string()))?;
+            for result in results {
+                if let ServerSessionResult::OutboundResponse(packet) = result {
+                    out.extend_from_slice(&packet.bytes);
+                }
+            }
+        }
         if !out.is_empty() {
             stream.write_all(&out).await?;
         }
@@ -166,11 +198,11 @@ impl Connection {
                         "second publish on one connection".into(),
                     ));
                 }
-                match ingest.start(&stream_key) {
-                    Ok(publish) => {
-                        info!(channel = %publish.broadcast().name(), "publishing");
-                        self.publish = Some(publish);
-                        session.accept_request(request_id).map_err(session_err)
+                match ingest.authorize_stream_key(&stream_key) {
+                    Ok(channel) => {
+                        // Started and accepted once the channel is claimed (see `handle`).
+                        self.pending = Some((request_id, channel));
+                        Ok(Vec::new())
                     }
                     Err(refusal) => {
                         let r = session.reject_request(
@@ -195,6 +227,7 @@ impl Connection {
                 Ok(Vec::new())
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
+                self.claim = None;
                 if let Some(publish) = self.publish.take() {
                     info!(channel = %publish.broadcast().name(), "publisher finished");
                 }

@@ -109,7 +109,14 @@ async fn admit(
 ) {
     let span = info_span!("srt", peer = %request.remote());
     let id = request.stream_id().map(|s| s.to_string());
-    let (channel, permit) = match decide(id.as_deref(), config, ingest, permits) {
+    let decided = match decide(id.as_deref(), config, ingest, permits) {
+        Ok((channel, permit)) => match ingest.claim(&channel).await {
+            Ok(claim) => Ok((channel, permit, claim)),
+            Err(refusal) => Err((ServerRejectReason::Conflict, refusal.to_string())),
+        },
+        Err(refused) => Err(refused),
+    };
+    let (channel, permit, claim) = match decided {
         Ok(admitted) => admitted,
         Err((reason, why)) => {
             span.in_scope(|| {
@@ -142,6 +149,7 @@ async fn admit(
                 },
                 Err(err) => warn!(%err, "srt handshake failed (passphrase?)"),
             }
+            drop(claim);
             drop(permit);
         }
         .instrument(span),
@@ -170,7 +178,7 @@ fn decide(
         .map_err(|refusal| {
             let reason = match refusal {
                 Refusal::Auth(_) => ServerRejectReason::Unauthorized,
-                Refusal::Live(_) => ServerRejectReason::Conflict,
+                Refusal::Live(_) | Refusal::Elsewhere(_) => ServerRejectReason::Conflict,
             };
             (reason, refusal.to_string())
         })?;

@@ -30,9 +30,19 @@ pub(super) async fn offer(
             "this node takes no more publishers",
         );
     }
-    let broadcast = match sfu.inner.ingest.start_broadcast(&channel, token) {
-        Ok(b) => b,
+    let ingest = &sfu.inner.ingest;
+    let name = match ingest.authorize(&channel, token) {
+        Ok(name) => name,
         Err(refusal) => return refused(&refusal),
+    };
+    // In a cluster the channel must be ours before the publisher is admitted.
+    let claim = match ingest.claim(&name).await {
+        Ok(claim) => claim,
+        Err(refusal) => return refused(&refusal),
+    };
+    let broadcast = match ingest.bus().publish(name) {
+        Ok(b) => b,
+        Err(err) => return refused(&err.into()),
     };
     let mut rtc = new_rtc(&sfu, Role::Publisher);
     let super::Negotiated { answer, ufrag, .. } = match answer(&mut rtc, offer) {
@@ -54,6 +64,7 @@ pub(super) async fn offer(
         io,
         broadcast,
         sfu: sfu.clone(),
+        _claim: claim,
     };
     tokio::spawn(publisher.run().instrument(span));
     created(format!("/whip/{channel}/{id}"), answer)
@@ -77,7 +88,7 @@ fn refused(refusal: &Refusal) -> Response {
             format!("{refusal}\n"),
         )
             .into_response(),
-        Refusal::Live(_) => text(StatusCode::CONFLICT, refusal.to_string()),
+        Refusal::Live(_) | Refusal::Elsewhere(_) => text(StatusCode::CONFLICT, refusal.to_string()),
         _ => text(StatusCode::FORBIDDEN, refusal.to_string()),
     }
 }
