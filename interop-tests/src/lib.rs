@@ -62,7 +62,23 @@ impl Server {
     }
 
     /// Starts a server with a config body and environment variables (secrets go there).
+    /// Free ports are found by binding and releasing them, so another process may take one
+    /// before the server binds it: then it is started again on other ports.
     pub fn start_with_env(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(config, env) {
+                Err(err)
+                    if attempt < 3 && format!("{err:#}").contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
         let bin = starling_bin();
         anyhow::ensure!(
             bin.exists(),
@@ -135,11 +151,25 @@ impl Server {
             webrtc,
             log,
         };
-        server
-            .wait_for(Duration::from_secs(20), || {
-                Ok(server.get("/healthz")?.0 == 200)
-            })
-            .context("server did not become healthy")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut server = server;
+        loop {
+            if server
+                .get("/healthz")
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                break;
+            }
+            if server.child.try_wait()?.is_some() {
+                // Give the log readers a moment to catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                bail!("server exited at start:\n{}", server.log());
+            }
+            if Instant::now() > deadline {
+                bail!("server did not become healthy in 20 s:\n{}", server.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(server)
     }
 
