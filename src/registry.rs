@@ -136,6 +136,21 @@ impl cluster::Registry for Connecting {
         self.get()?.channels().await
     }
 
+    async fn put_certificate(
+        &self,
+        name: &str,
+        certificate: cluster::Certificate,
+    ) -> Result<(), cluster::RegistryError> {
+        self.get()?.put_certificate(name, certificate).await
+    }
+
+    async fn certificate(
+        &self,
+        name: &str,
+    ) -> Result<Option<cluster::Certificate>, cluster::RegistryError> {
+        self.get()?.certificate(name).await
+    }
+
     fn events(&self) -> tokio::sync::broadcast::Receiver<cluster::Event> {
         self.events.subscribe()
     }

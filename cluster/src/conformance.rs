@@ -7,7 +7,7 @@ use futures::future::join_all;
 use media::ChannelName;
 
 use crate::model::{Load, NodeId, NodeInfo, Ports, Role};
-use crate::registry::{Claim, Event, Registry};
+use crate::registry::{Certificate, Claim, Event, Registry};
 
 const TTL: Duration = Duration::from_secs(5);
 
@@ -160,4 +160,40 @@ pub(crate) async fn events_follow_changes(registry: &impl Registry) {
         seen.push(next.expect("an event in time").expect("event"));
     }
     assert_eq!(seen, expected);
+}
+
+pub(crate) async fn certificates_are_stored_by_name(registry: &impl Registry) {
+    let cert = Certificate {
+        chain_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        key_pem: "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n".into(),
+    };
+    assert_eq!(
+        registry.certificate("live.example.com").await.expect("get"),
+        None
+    );
+    registry
+        .put_certificate("Live.Example.com", cert.clone())
+        .await
+        .expect("put");
+    assert_eq!(
+        registry.certificate("live.example.com").await.expect("get"),
+        Some(cert.clone()),
+        "names are case-insensitive"
+    );
+    assert!(
+        !format!("{cert:?}").contains("secret"),
+        "the key never prints"
+    );
+    assert!(registry
+        .put_certificate("not a name", cert.clone())
+        .await
+        .is_err());
+    let huge = Certificate {
+        chain_pem: "x".repeat(70_000),
+        key_pem: String::new(),
+    };
+    assert!(registry
+        .put_certificate("big.example.com", huge)
+        .await
+        .is_err());
 }

@@ -15,7 +15,7 @@ pub use memory::MemoryRegistry;
 pub use model::{Load, NodeId, NodeInfo, Ports, Role};
 pub use placement::choose;
 pub use redis::{RedisRegistry, TlsFiles};
-pub use registry::{Claim, Event, Registry, RegistryError};
+pub use registry::{Certificate, Claim, Event, Registry, RegistryError};
 
 #[cfg(test)]
 mod conformance;

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use crate::model::{NodeId, NodeInfo};
 use crate::registry::{
-    Claim, Event, Registry, RegistryError, EVENT_BACKLOG, MAX_CHANNELS, MAX_NODES, MIN_TTL,
+    check_certificate, Certificate, Claim, Event, Registry, RegistryError, EVENT_BACKLOG,
+    MAX_CERTIFICATES, MAX_CHANNELS, MAX_NODES, MIN_TTL,
 };
 
 struct Entry {
@@ -23,6 +24,7 @@ struct Entry {
 struct State {
     nodes: BTreeMap<NodeId, Entry>,
     channels: BTreeMap<ChannelName, NodeId>,
+    certificates: BTreeMap<String, Certificate>,
 }
 
 /// The in-memory registry. Expired nodes (and their channels) are dropped, with their events,
@@ -202,6 +204,30 @@ impl Registry for MemoryRegistry {
             .collect())
     }
 
+    async fn put_certificate(
+        &self,
+        name: &str,
+        certificate: Certificate,
+    ) -> Result<(), RegistryError> {
+        check_certificate(name, &certificate)?;
+        let mut state = self.live();
+        if !state.certificates.contains_key(name) && state.certificates.len() >= MAX_CERTIFICATES {
+            return Err(RegistryError::Invalid("too many certificates".into()));
+        }
+        state
+            .certificates
+            .insert(name.to_ascii_lowercase(), certificate);
+        Ok(())
+    }
+
+    async fn certificate(&self, name: &str) -> Result<Option<Certificate>, RegistryError> {
+        Ok(self
+            .live()
+            .certificates
+            .get(&name.to_ascii_lowercase())
+            .cloned())
+    }
+
     fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -217,6 +243,7 @@ mod tests {
         conformance::registration_and_draining(&MemoryRegistry::new()).await;
         conformance::channels_are_claimed_atomically(&MemoryRegistry::new()).await;
         conformance::events_follow_changes(&MemoryRegistry::new()).await;
+        conformance::certificates_are_stored_by_name(&MemoryRegistry::new()).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@
 //! - `channel:{name}`: the id of the node that owns the channel, expiring with the same TTL,
 //!   renewed with the node; `owned:{id}` lists a node's channels, so they go with it;
 //! - `draining`: the set of drained node ids (the operator's, kept across renewals);
+//! - `certificates`: a hash of public name -> TLS certificate chain and key (JSON);
 //! - the pub/sub channel `events` carries [`Event`]s as JSON.
 //!
 //! Claims, releases and deregistration are Lua scripts, so each is atomic.
@@ -23,7 +24,8 @@ use tracing::{debug, warn};
 
 use crate::model::{NodeId, NodeInfo};
 use crate::registry::{
-    Claim, Event, Registry, RegistryError, EVENT_BACKLOG, MAX_CHANNELS, MAX_NODES, MIN_TTL,
+    check_certificate, Certificate, Claim, Event, Registry, RegistryError, EVENT_BACKLOG,
+    MAX_CHANNELS, MAX_NODES, MIN_TTL,
 };
 
 /// PEM files for mutual TLS with Redis.
@@ -123,6 +125,10 @@ impl RedisRegistry {
 
     fn channel_key(&self, channel: &ChannelName) -> String {
         format!("{}channel:{channel}", self.prefix)
+    }
+
+    fn certificates_key(&self) -> String {
+        format!("{}certificates", self.prefix)
     }
 
     fn draining_key(&self) -> String {
@@ -422,6 +428,31 @@ impl Registry for RedisRegistry {
             .collect();
         channels.sort();
         Ok(channels)
+    }
+
+    async fn put_certificate(
+        &self,
+        name: &str,
+        certificate: Certificate,
+    ) -> Result<(), RegistryError> {
+        check_certificate(name, &certificate)?;
+        let json = serde_json::to_string(&certificate).map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset(self.certificates_key(), name.to_ascii_lowercase(), json)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn certificate(&self, name: &str) -> Result<Option<Certificate>, RegistryError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn
+            .hget(self.certificates_key(), name.to_ascii_lowercase())
+            .await
+            .map_err(unavailable)?;
+        json.map(|j| serde_json::from_str(&j).map_err(unavailable))
+            .transpose()
     }
 
     fn events(&self) -> broadcast::Receiver<Event> {

@@ -87,6 +87,7 @@ async fn meets_the_registry_contract_over_tls() {
     conformance::registration_and_draining(&registry(&redis, "t1:").await).await;
     conformance::channels_are_claimed_atomically(&registry(&redis, "t2:").await).await;
     conformance::events_follow_changes(&registry(&redis, "t3:").await).await;
+    conformance::certificates_are_stored_by_name(&registry(&redis, "t4:").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,6 +18,9 @@ pub enum RegistryError {
     /// A channel was claimed for a node that is not registered.
     #[error("node {0} is not registered")]
     NotRegistered(NodeId),
+    /// What was to be stored is not acceptable (a bad name, too large).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The outcome of claiming a channel.
@@ -98,8 +101,68 @@ pub trait Registry: Send + Sync {
         &self,
     ) -> impl Future<Output = Result<Vec<(ChannelName, NodeId)>, RegistryError>> + Send;
 
+    /// Stores the TLS certificate chain and key for a public name, so any front can serve it.
+    fn put_certificate(
+        &self,
+        name: &str,
+        certificate: Certificate,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// The TLS certificate stored for a public name, if any.
+    fn certificate(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Certificate>, RegistryError>> + Send;
+
     /// Changes from now on (a subscriber that lags loses the oldest and should resync).
     fn events(&self) -> broadcast::Receiver<Event>;
+}
+
+/// A public name's TLS certificate chain and private key, in PEM. The key never reaches a log.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Certificate {
+    /// The certificate chain, leaf first.
+    pub chain_pem: String,
+    /// The private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("chain_pem", &format!("{} bytes", self.chain_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Public names stored, at most; a name is at most this long.
+pub(crate) const MAX_CERTIFICATES: usize = 10_000;
+pub(crate) const MAX_NAME: usize = 253;
+/// A certificate chain and key together are at most this large.
+pub(crate) const MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
+
+/// Checks a public name and certificate's size before storing them.
+pub(crate) fn check_certificate(
+    name: &str,
+    certificate: &Certificate,
+) -> Result<(), RegistryError> {
+    let valid_name = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'));
+    if !valid_name {
+        return Err(RegistryError::Invalid(format!(
+            "{name:?} is not a host name"
+        )));
+    }
+    if certificate.chain_pem.len() + certificate.key_pem.len() > MAX_CERTIFICATE_BYTES {
+        return Err(RegistryError::Invalid(
+            "certificate and key over 64 KiB".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// How many events a subscriber may lag behind before it loses the oldest.
