@@ -11,7 +11,7 @@
 //!
 //! Claims, releases and deregistration are Lua scripts, so each is atomic.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -49,7 +49,7 @@ impl std::fmt::Debug for TlsFiles {
 pub struct RedisRegistry {
     conn: ConnectionManager,
     prefix: String,
-    ttl: Arc<Mutex<Duration>>,
+    ttl: Mutex<Duration>,
     events: broadcast::Sender<Event>,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -113,7 +113,7 @@ impl RedisRegistry {
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
-            ttl: Arc::new(Mutex::new(Duration::from_secs(5))),
+            ttl: Mutex::new(Duration::from_secs(5)),
             events,
             listener,
         })

@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub use auth::{AuthError, ChannelConfig, ConfigError, Publishers, StreamKey};
 pub use claims::{Claimed, Claims, HeldElsewhere};
 pub use ftl::FtlConfig;
-use media::{BroadcastProducer, Bus, BusError, ChannelName};
+use media::{Bus, BusError, ChannelName};
 pub use publish::{Publish, BFRAMES_NOTICE};
 pub use rtmp::RtmpConfig;
 pub use srt::SrtConfig;
@@ -91,17 +91,6 @@ impl Ingest {
         self.publishers.is_open()
     }
 
-    /// Authorises a publisher that names its channel and key separately (WHIP: the path and
-    /// the bearer token) and starts a bare broadcast for it to fill.
-    pub fn start_broadcast(
-        &self,
-        channel: &str,
-        key: Option<&str>,
-    ) -> Result<BroadcastProducer, Refusal> {
-        let channel = self.publishers.authorize(channel, key)?;
-        Ok(self.bus.publish(channel)?)
-    }
-
     /// Authorises a publisher before its connection is set up (SRT: before the handshake that
     /// may still fail), without starting anything: the channel it may publish to, unless the
     /// name or key is refused or another publisher is live there.
@@ -142,12 +131,6 @@ impl Ingest {
 
     /// Starts the broadcast of a channel already authorised (and claimed, in a cluster).
     pub fn start_authorized(&self, channel: ChannelName) -> Result<Publish, Refusal> {
-        Ok(Publish::new(self.bus.publish(channel)?))
-    }
-
-    /// Authorises an RTMP-style stream key and starts its broadcast.
-    pub fn start(&self, stream_key: &str) -> Result<Publish, Refusal> {
-        let channel = self.publishers.authorize_stream_key(stream_key)?;
         Ok(Publish::new(self.bus.publish(channel)?))
     }
 }

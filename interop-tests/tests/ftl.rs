@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use aws_lc_rs::hmac;
-use interop_tests::{Browser, Server};
+use interop_tests::{Browser, Server, FAST_X264};
 
 const CHANNEL_ID: u32 = 1234;
 const VIDEO_SSRC: u32 = CHANNEL_ID + 1;
@@ -102,18 +102,9 @@ fn ffmpeg_rtp(port: u16) -> Result<Child> {
         .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
         .args([
-            "-t", "60", "-map", "0:v", "-c:v", "libx264", "-preset", "veryfast",
+            "-t", "60", "-map", "0:v", "-c:v", "libx264", "-pix_fmt", "yuv420p",
         ])
-        .args([
-            "-tune",
-            "zerolatency",
-            "-bf",
-            "0",
-            "-g",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-        ])
+        .args(FAST_X264)
         // OBS sends SPS and PPS before every keyframe.
         .args(["-bsf:v", "dump_extra=freq=keyframe"])
         .args([
