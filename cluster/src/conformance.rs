@@ -128,8 +128,22 @@ pub(crate) async fn events_follow_changes(registry: &impl Registry) {
     let a = node("a");
     registry.register(a.clone(), TTL).await.expect("register");
     let mut renewed = a.clone();
-    renewed.load.viewers = 7; // load alone: no event
-    registry.register(renewed, TTL).await.expect("renew");
+    renewed.load.viewers = 7; // the load moved: announced
+    registry
+        .register(renewed.clone(), TTL)
+        .await
+        .expect("renew");
+    renewed.load.bitrate_out = 100; // from nothing: announced
+    registry
+        .register(renewed.clone(), TTL)
+        .await
+        .expect("renew");
+    renewed.load.bitrate_out = 110; // by a tenth: not news
+
+    registry
+        .register(renewed.clone(), TTL)
+        .await
+        .expect("renew");
     registry.set_draining(&a.id, true).await.expect("drain");
     let channel = ChannelName::new("studio").expect("name");
     registry
@@ -138,11 +152,17 @@ pub(crate) async fn events_follow_changes(registry: &impl Registry) {
         .expect("claim");
     registry.deregister(&a.id).await.expect("deregister");
 
-    let mut draining = a.clone();
+    let mut busier = a.clone();
+    busier.load.viewers = 7;
+    let mut sending = busier.clone();
+    sending.load.bitrate_out = 100;
+    let mut draining = sending.clone();
+    draining.load.bitrate_out = 110;
     draining.draining = true;
-    draining.load.viewers = 7;
     let expected = vec![
         Event::NodeUp(a.clone()),
+        Event::NodeChanged(busier),
+        Event::NodeChanged(sending),
         Event::NodeChanged(draining),
         Event::ChannelClaimed {
             channel: channel.clone(),

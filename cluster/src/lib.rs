@@ -8,7 +8,9 @@ mod memory;
 mod model;
 mod placement;
 mod redis;
+mod redis_events;
 mod registry;
+mod routing;
 
 pub use bundle::{download as download_bundle, from_paths as bundle_from_paths, BundleError};
 pub use memory::MemoryRegistry;
@@ -16,6 +18,7 @@ pub use model::{Load, NodeId, NodeInfo, Ports, Role};
 pub use placement::choose;
 pub use redis::{RedisRegistry, TlsFiles};
 pub use registry::{Certificate, Claim, Event, Registry, RegistryError};
+pub use routing::RoutingTable;
 
 #[cfg(test)]
 mod conformance;

@@ -91,10 +91,28 @@ impl MemoryRegistry {
     }
 }
 
-/// Whether two registrations differ in what routing looks at (not load).
-pub(crate) fn routing_changed(a: &NodeInfo, b: &NodeInfo) -> bool {
-    (&a.roles, &a.region, &a.public_host, &a.ports, a.draining)
-        != (&b.roles, &b.region, &b.public_host, &b.ports, b.draining)
+/// Whether a renewal is news for the nodes' routing tables: what routing looks at changed
+/// (roles, region, host, ports, draining), or the load did (viewers or ingest streams, or
+/// bitrate out by more than an eighth). So a busy node announces itself at most once a renewal
+/// and an idle one never.
+pub(crate) fn worth_announcing(old: &NodeInfo, new: &NodeInfo) -> bool {
+    let routing = (
+        &old.roles,
+        &old.region,
+        &old.public_host,
+        &old.ports,
+        old.draining,
+    ) != (
+        &new.roles,
+        &new.region,
+        &new.public_host,
+        &new.ports,
+        new.draining,
+    );
+    let (a, b) = (&old.load, &new.load);
+    let bitrate_moved =
+        a.bitrate_out.abs_diff(b.bitrate_out) > a.bitrate_out.max(b.bitrate_out) / 8;
+    routing || a.viewers != b.viewers || a.ingest_streams != b.ingest_streams || bitrate_moved
 }
 
 impl Registry for MemoryRegistry {
@@ -107,7 +125,7 @@ impl Registry for MemoryRegistry {
         let expires = Instant::now() + ttl.max(MIN_TTL);
         let id = node.id.clone();
         let event = match state.nodes.get(&id) {
-            Some(old) if routing_changed(&old.info, &node) => {
+            Some(old) if worth_announcing(&old.info, &node) => {
                 Some(Event::NodeChanged(node.clone()))
             }
             Some(_) => None,

@@ -7,20 +7,20 @@
 //!   renewed with the node; `owned:{id}` lists a node's channels, so they go with it;
 //! - `draining`: the set of drained node ids (the operator's, kept across renewals);
 //! - `certificates`: a hash of public name -> TLS certificate chain and key (JSON);
-//! - the pub/sub channel `events` carries [`Event`]s as JSON.
+//! - the pub/sub channel `events` carries [`Event`]s as JSON; expiries come from Redis's own
+//!   notifications (`redis_events`).
 //!
 //! Claims, releases and deregistration are Lua scripts, so each is atomic.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::StreamExt;
 use media::ChannelName;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Client, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::model::{NodeId, NodeInfo};
 use crate::registry::{
@@ -60,7 +60,7 @@ impl Drop for RedisRegistry {
     }
 }
 
-fn unavailable(err: impl std::fmt::Display) -> RegistryError {
+pub(crate) fn unavailable(err: impl std::fmt::Display) -> RegistryError {
     RegistryError::Unavailable(err.to_string())
 }
 
@@ -88,28 +88,13 @@ impl RedisRegistry {
         .map_err(unavailable)?;
         let conn = client.get_connection_manager().await.map_err(unavailable)?;
         let events = broadcast::channel(EVENT_BACKLOG).0;
-        let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
-        let channel = format!("{prefix}events");
-        pubsub.subscribe(&channel).await.map_err(unavailable)?;
-        let forward = events.clone();
-        let listener = tokio::spawn(async move {
-            let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
-                let Ok(payload) = message.get_payload::<String>() else {
-                    continue;
-                };
-                match serde_json::from_str::<WireEvent>(&payload)
-                    .ok()
-                    .and_then(WireEvent::into_event)
-                {
-                    Some(event) => {
-                        let _ = forward.send(event);
-                    }
-                    None => debug!("registry: an event this node does not read"),
-                }
-            }
-            warn!("registry: event subscription ended");
-        });
+        let source = crate::redis_events::Source {
+            client,
+            conn: conn.clone(),
+            prefix: prefix.to_owned(),
+        };
+        let pubsub = source.subscribe().await?;
+        let listener = tokio::spawn(source.forward(pubsub, events.clone()));
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
@@ -145,7 +130,8 @@ impl RedisRegistry {
     }
 
     async fn publish(&self, event: &Event) {
-        let Ok(json) = serde_json::to_string(&WireEvent::from(event)) else {
+        let Some(json) = WireEvent::from_event(event).and_then(|w| serde_json::to_string(&w).ok())
+        else {
             return;
         };
         let mut conn = self.conn.clone();
@@ -267,7 +253,7 @@ impl Registry for RedisRegistry {
         let old: Option<NodeInfo> = old.and_then(|o: String| serde_json::from_str(&o).ok());
         let event = match old {
             None => Some(Event::NodeUp(node)),
-            Some(old) if crate::memory::routing_changed(&old, &node) => {
+            Some(old) if crate::memory::worth_announcing(&old, &node) => {
                 Some(Event::NodeChanged(node))
             }
             Some(_) => None,
@@ -463,7 +449,7 @@ impl Registry for RedisRegistry {
 /// An [`Event`] as JSON on the wire.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum WireEvent {
+pub(crate) enum WireEvent {
     NodeUp { node: NodeInfo },
     NodeChanged { node: NodeInfo },
     NodeGone { id: NodeId },
@@ -471,9 +457,10 @@ enum WireEvent {
     ChannelReleased { channel: String, node: NodeId },
 }
 
-impl From<&Event> for WireEvent {
-    fn from(event: &Event) -> Self {
-        match event {
+impl WireEvent {
+    /// The event as sent to other nodes; `Resync` is each node's own.
+    fn from_event(event: &Event) -> Option<Self> {
+        Some(match event {
             Event::NodeUp(node) => WireEvent::NodeUp { node: node.clone() },
             Event::NodeChanged(node) => WireEvent::NodeChanged { node: node.clone() },
             Event::NodeGone(id) => WireEvent::NodeGone { id: id.clone() },
@@ -485,12 +472,11 @@ impl From<&Event> for WireEvent {
                 channel: channel.to_string(),
                 node: node.clone(),
             },
-        }
+            Event::Resync => return None,
+        })
     }
-}
 
-impl WireEvent {
-    fn into_event(self) -> Option<Event> {
+    pub(crate) fn into_event(self) -> Option<Event> {
         Some(match self {
             WireEvent::NodeUp { node } => Event::NodeUp(node),
             WireEvent::NodeChanged { node } => Event::NodeChanged(node),

@@ -158,3 +158,91 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     assert!(!matches!(plain, Ok(Ok(_))), "plain TCP got in");
     let _ = std::fs::remove_dir_all(&other);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_routing_table_sees_silent_nodes_expire_and_rereads_after_a_lost_subscription() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let redis = redis_tls();
+    // deploy/redis-tls-certs's redis.conf announces expiries; a Redis without that line is
+    // asked to (CONFIG SET) by each registry that connects.
+    let a = registry(&redis, "rt:").await;
+    let mut conn = a.conn.clone();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    let b = registry(&redis, "rt:").await;
+    let flags: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut conn)
+        .await
+        .expect("config get");
+    assert!(
+        flags[1].contains('E') && flags[1].contains('x'),
+        "expiries announced: {flags:?}"
+    );
+    let table = std::sync::Arc::new(crate::RoutingTable::new());
+    let b = std::sync::Arc::new(b);
+    let follower = tokio::spawn({
+        let (table, b) = (table.clone(), b.clone());
+        async move { table.follow(&*b).await }
+    });
+    let ids = |t: &crate::RoutingTable| -> Vec<String> {
+        t.nodes().iter().map(|n| n.id.to_string()).collect()
+    };
+    let settles = |want: Vec<&'static str>, within: Duration| {
+        let table = table.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            while ids(&table) != want {
+                assert!(Instant::now() < deadline, "table {:?}", ids(&table));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // A node registers and then falls silent (kill -9): Redis announces the expiry, and the
+    // table drops it within about its TTL, without rereading.
+    let silent = conformance::node("silent");
+    a.register(silent.clone(), Duration::from_secs(1))
+        .await
+        .expect("register");
+    settles(vec!["silent"], Duration::from_secs(3)).await;
+    let began = Instant::now();
+    settles(vec![], Duration::from_secs(3)).await;
+    eprintln!(
+        "silent node left the table {:?} after its last renewal",
+        began.elapsed()
+    );
+
+    // The table's subscription is cut, and a node appears meanwhile without any event (as if
+    // its announcement were lost): the resubscribed follower rereads and finds it.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .map(|_: i64| ())
+        .expect("client kill");
+    let unheard = conformance::node("unheard");
+    let _: () = conn
+        .set_options(
+            "rt:node:unheard",
+            serde_json::to_string(&unheard).expect("json"),
+            redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(30_000)),
+        )
+        .await
+        .expect("set");
+    settles(vec!["unheard"], Duration::from_secs(5)).await;
+    // And it hears events again.
+    a.register(conformance::node("later"), Duration::from_secs(30))
+        .await
+        .expect("register");
+    settles(vec!["later", "unheard"], Duration::from_secs(3)).await;
+    follower.abort();
+}

@@ -38,8 +38,8 @@ pub enum Claim {
 pub enum Event {
     /// A node registered.
     NodeUp(NodeInfo),
-    /// A node changed what routing looks at (draining, roles, ports, host, region); load
-    /// changes are not announced.
+    /// A node changed what routing looks at (draining, roles, ports, host, region) or its load
+    /// moved (viewers, ingest streams, bitrate out by more than an eighth).
     NodeChanged(NodeInfo),
     /// A node deregistered or stopped renewing.
     NodeGone(NodeId),
@@ -57,6 +57,9 @@ pub enum Event {
         /// The node that had it.
         node: NodeId,
     },
+    /// Events may have been missed (the registry's event stream was lost and is back): reread
+    /// the registry.
+    Resync,
 }
 
 /// The cluster registry. Calls are cheap to repeat: a node renews by registering again.
