@@ -1,15 +1,16 @@
 //! This node in the cluster registry: who it is, what it serves and how loaded it is, renewed
-//! every second; `GET /api/nodes` lists what the registry knows. With no Redis configured the
-//! registry is this process's own (in memory), so it lists this node; with Redis, the cluster.
+//! every second; `GET /api/nodes` lists the nodes this node's routing table knows. With no Redis
+//! configured the registry is this process's own (in memory), so it lists this node; with
+//! Redis, the cluster.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use cluster::{Claim, Load, NodeId, NodeInfo, Ports, Registry, Role};
+use cluster::{Claim, Load, NodeId, NodeInfo, Ports, Registry, Role, RoutingTable};
 use tracing::{info, warn};
 
 /// How long a registration lives without renewal.
@@ -41,12 +42,21 @@ pub fn info(id: NodeId, region: &str, public_host: &str, ports: Ports) -> NodeIn
     }
 }
 
-/// Keeps `info` registered, with the load `load` reports, until `stop` fires; then
-/// deregisters it at once (graceful shutdown).
+/// What this node reports at each renewal: its load, and the channels whose publishers it
+/// holds (claimed again whenever the registry had lost this node, as a restarted Redis has).
+pub struct Status {
+    /// How busy it is.
+    pub load: Load,
+    /// The channels published here.
+    pub channels: Vec<media::ChannelName>,
+}
+
+/// Keeps `info` registered, with what `status` reports, until `stop` fires; then deregisters
+/// it at once (graceful shutdown).
 pub async fn renew<R: Registry + 'static>(
     registry: Arc<R>,
     mut info: NodeInfo,
-    load: impl Fn() -> Load + Send + 'static,
+    status: impl Fn() -> Status + Send + 'static,
     registered: Arc<AtomicBool>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -57,15 +67,19 @@ pub async fn renew<R: Registry + 'static>(
             _ = tick.tick() => {}
             _ = &mut stop => break,
         }
-        info.load = load();
+        let Status { load, channels } = status();
+        info.load = load;
         let result = registry.register(info.clone(), TTL).await;
         registered.store(result.is_ok(), Ordering::Relaxed);
         match result {
-            Ok(()) if failing => {
-                failing = false;
-                info!("registry: reachable again; this node is registered");
+            Ok(fresh) => {
+                if std::mem::take(&mut failing) {
+                    info!("registry: reachable again; this node is registered");
+                }
+                if fresh {
+                    reclaim(&*registry, &info.id, &channels).await;
+                }
             }
-            Ok(()) => {}
             Err(err) if !failing => {
                 failing = true;
                 warn!(%err, "registry: cannot renew this node; media keeps flowing");
@@ -78,12 +92,33 @@ pub async fn renew<R: Registry + 'static>(
     }
 }
 
-/// `GET /api/nodes`: the live nodes as JSON. `GET /healthz`: the node is alive, and whether
-/// its last registration reached the registry (the node serves either way).
-pub fn router<R: Registry + 'static>(registry: Arc<R>, registered: Arc<AtomicBool>) -> Router {
+/// Claims the channels published here again, after the registry lost this node.
+async fn reclaim(registry: &impl Registry, id: &NodeId, channels: &[media::ChannelName]) {
+    for channel in channels {
+        match registry.claim_channel(channel, id).await {
+            Ok(Claim::Owned) => info!(%channel, "registry: channel claimed again"),
+            Ok(Claim::OwnedBy(other)) => warn!(
+                %channel, %other,
+                "registry: channel is live here and claimed by another node (published to both \
+                 while the registry was away)"
+            ),
+            Err(err) => warn!(%err, %channel, "registry: channel not claimed again"),
+        }
+    }
+}
+
+/// `GET /api/nodes`: the live nodes as JSON; `GET /api/cluster/channels`: each channel's origin
+/// node. Both from this node's routing table, so they answer while the registry is down.
+/// `GET /healthz`: the node is alive, and whether its last registration reached the registry
+/// (the node serves either way).
+pub fn router(routing: Arc<RoutingTable>, registered: Arc<AtomicBool>) -> Router {
     Router::new()
-        .route("/api/nodes", get(nodes::<R>))
-        .with_state(registry)
+        .route(
+            "/api/nodes",
+            get(|State(routing): State<Arc<RoutingTable>>| async move { Json(routing.nodes()) }),
+        )
+        .route("/api/cluster/channels", get(origins))
+        .with_state(routing)
         .route(
             "/healthz",
             get(move || {
@@ -99,8 +134,45 @@ pub fn router<R: Registry + 'static>(registry: Arc<R>, registered: Arc<AtomicBoo
         )
 }
 
-async fn nodes<R: Registry>(State(registry): State<Arc<R>>) -> Json<Vec<NodeInfo>> {
-    Json(registry.nodes().await.unwrap_or_default())
+/// A channel and the node holding its publisher, as `/api/cluster/channels` lists them.
+#[derive(serde::Serialize)]
+struct Origin {
+    channel: String,
+    node: NodeId,
+}
+
+async fn origins(State(routing): State<Arc<RoutingTable>>) -> Json<Vec<Origin>> {
+    Json(
+        routing
+            .channels()
+            .into_iter()
+            .map(|(channel, node)| Origin {
+                channel: channel.to_string(),
+                node,
+            })
+            .collect(),
+    )
+}
+
+/// Bitrate out from a byte counter sampled at each renewal.
+#[derive(Default)]
+pub struct Bitrate {
+    last: Option<(u64, Instant)>,
+    bits_per_second: u64,
+}
+
+impl Bitrate {
+    /// Takes a sample of the counter; the rate since the previous sample.
+    pub fn update(&mut self, bytes: u64, now: Instant) -> u64 {
+        if let Some((before, then)) = self.last {
+            let secs = now.duration_since(then).as_secs_f64();
+            if secs > 0.0 {
+                self.bits_per_second = (bytes.saturating_sub(before) as f64 * 8.0 / secs) as u64;
+            }
+        }
+        self.last = Some((bytes, now));
+        self.bits_per_second
+    }
 }
 
 /// Channel claims for ingest, made in `registry` for node `id`. A registry that cannot be

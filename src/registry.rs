@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use cluster::{MemoryRegistry, RedisRegistry};
 use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
 /// A secret from the config or environment: never printed.
@@ -43,6 +44,84 @@ pub enum Backend {
     Connecting(Arc<Connecting>),
 }
 
+/// Calls the same method on whichever registry the backend holds.
+macro_rules! delegate {
+    ($self:ident, $r:ident => $call:expr) => {
+        match $self {
+            Backend::Memory($r) => $call,
+            Backend::Redis($r) => $call,
+            Backend::Connecting($r) => $call,
+        }
+    };
+}
+
+impl cluster::Registry for Backend {
+    async fn register(
+        &self,
+        node: cluster::NodeInfo,
+        ttl: Duration,
+    ) -> Result<bool, cluster::RegistryError> {
+        delegate!(self, r => r.register(node, ttl).await)
+    }
+
+    async fn deregister(&self, id: &cluster::NodeId) -> Result<(), cluster::RegistryError> {
+        delegate!(self, r => r.deregister(id).await)
+    }
+
+    async fn nodes(&self) -> Result<Vec<cluster::NodeInfo>, cluster::RegistryError> {
+        delegate!(self, r => r.nodes().await)
+    }
+
+    async fn set_draining(
+        &self,
+        id: &cluster::NodeId,
+        draining: bool,
+    ) -> Result<bool, cluster::RegistryError> {
+        delegate!(self, r => r.set_draining(id, draining).await)
+    }
+
+    async fn claim_channel(
+        &self,
+        channel: &media::ChannelName,
+        node: &cluster::NodeId,
+    ) -> Result<cluster::Claim, cluster::RegistryError> {
+        delegate!(self, r => r.claim_channel(channel, node).await)
+    }
+
+    async fn release_channel(
+        &self,
+        channel: &media::ChannelName,
+        node: &cluster::NodeId,
+    ) -> Result<bool, cluster::RegistryError> {
+        delegate!(self, r => r.release_channel(channel, node).await)
+    }
+
+    async fn channels(
+        &self,
+    ) -> Result<Vec<(media::ChannelName, cluster::NodeId)>, cluster::RegistryError> {
+        delegate!(self, r => r.channels().await)
+    }
+
+    async fn put_certificate(
+        &self,
+        name: &str,
+        certificate: cluster::Certificate,
+    ) -> Result<(), cluster::RegistryError> {
+        delegate!(self, r => r.put_certificate(name, certificate).await)
+    }
+
+    async fn certificate(
+        &self,
+        name: &str,
+    ) -> Result<Option<cluster::Certificate>, cluster::RegistryError> {
+        delegate!(self, r => r.certificate(name).await)
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<cluster::Event> {
+        delegate!(self, r => r.events())
+    }
+}
+
 /// How long to try reaching Redis.
 pub enum Connect {
     /// At most this long, then fail (the `cluster` commands).
@@ -74,10 +153,19 @@ impl Connecting {
                     let mut events = cluster::Registry::events(&registry);
                     let registry = Arc::new(registry);
                     let _ = self.registry.set(registry);
-                    while let Ok(event) = events.recv().await {
-                        let _ = self.events.send(event);
+                    // Followers could read nothing until now.
+                    let _ = self.events.send(cluster::Event::Resync);
+                    loop {
+                        match events.recv().await {
+                            Ok(event) => {
+                                let _ = self.events.send(event);
+                            }
+                            Err(RecvError::Lagged(_)) => {
+                                let _ = self.events.send(cluster::Event::Resync);
+                            }
+                            Err(RecvError::Closed) => return,
+                        }
                     }
-                    return;
                 }
                 Err(err) => {
                     warn!(%err, retry_in_ms = delay.as_millis() as u64, "registry: cannot reach Redis; serving meanwhile");
@@ -94,7 +182,7 @@ impl cluster::Registry for Connecting {
         &self,
         node: cluster::NodeInfo,
         ttl: Duration,
-    ) -> Result<(), cluster::RegistryError> {
+    ) -> Result<bool, cluster::RegistryError> {
         self.get()?.register(node, ttl).await
     }
 

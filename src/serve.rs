@@ -90,17 +90,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         crate::registry::Connect::InBackground,
     )
     .await?;
+    let registry = Arc::new(registry);
     let mut ingest = ingest::Ingest::new(bus.clone(), publishers);
     // In a cluster, a publisher is admitted once its channel is claimed for this node.
-    ingest = match &registry {
-        crate::registry::Backend::Memory(_) => ingest,
-        crate::registry::Backend::Redis(r) => {
-            ingest.with_claims(crate::node::claims(r.clone(), node_id.clone()))
-        }
-        crate::registry::Backend::Connecting(r) => {
-            ingest.with_claims(crate::node::claims(r.clone(), node_id.clone()))
-        }
-    };
+    if !matches!(*registry, crate::registry::Backend::Memory(_)) {
+        ingest = ingest.with_claims(crate::node::claims(registry.clone(), node_id.clone()));
+    }
+    // This node's view of the cluster, kept current by the registry's events.
+    let routing = Arc::new(cluster::RoutingTable::new());
+    tokio::spawn({
+        let (routing, registry) = (routing.clone(), registry.clone());
+        async move { routing.follow(&*registry).await }
+    });
     let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
     let (http_addr, rtmp_addr) = (http.local_addr()?, rtmp.local_addr()?);
 
@@ -152,31 +153,39 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let region = config.region.as_deref().unwrap_or("default");
     let me = crate::node::info(node_id.clone(), region, &host, ports);
-    let load = {
+    let status = {
         let (sfu, bus) = (sfu.clone(), bus.clone());
-        move || cluster::Load {
-            viewers: u32::try_from(sfu.viewers()).unwrap_or(u32::MAX),
-            ingest_streams: bus.live().iter().filter(|b| b.publishing).count() as u32,
-            bitrate_out: 0,
+        let bitrate = std::sync::Mutex::new(crate::node::Bitrate::default());
+        move || {
+            let channels: Vec<media::ChannelName> = bus
+                .live()
+                .into_iter()
+                .filter(|b| b.publishing)
+                .map(|b| b.name)
+                .collect();
+            crate::node::Status {
+                load: cluster::Load {
+                    viewers: u32::try_from(sfu.viewers()).unwrap_or(u32::MAX),
+                    ingest_streams: u32::try_from(channels.len()).unwrap_or(u32::MAX),
+                    bitrate_out: bitrate
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .update(sfu.bytes_sent(), std::time::Instant::now()),
+                },
+                channels,
+            }
         }
     };
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let registered = Arc::new(AtomicBool::new(false));
-    let flag = registered.clone();
-    let (renew_task, nodes) = match registry {
-        crate::registry::Backend::Memory(r) => (
-            tokio::spawn(crate::node::renew(r.clone(), me, load, flag, stopped)),
-            crate::node::router(r, registered),
-        ),
-        crate::registry::Backend::Redis(r) => (
-            tokio::spawn(crate::node::renew(r.clone(), me, load, flag, stopped)),
-            crate::node::router(r, registered),
-        ),
-        crate::registry::Backend::Connecting(r) => (
-            tokio::spawn(crate::node::renew(r.clone(), me, load, flag, stopped)),
-            crate::node::router(r, registered),
-        ),
-    };
+    let renew_task = tokio::spawn(crate::node::renew(
+        registry,
+        me,
+        status,
+        registered.clone(),
+        stopped,
+    ));
+    let nodes = crate::node::router(routing, registered);
     let app = signaling::router(bus).merge(sfu::router(sfu)).merge(nodes);
     let http_task = tokio::spawn(async move { axum::serve(http, app).await });
 

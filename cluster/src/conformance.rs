@@ -29,8 +29,15 @@ pub(crate) fn node(id: &str) -> NodeInfo {
 
 pub(crate) async fn registration_and_draining(registry: &impl Registry) {
     let (a, b) = (node("node-a"), node("node-b"));
-    registry.register(b.clone(), TTL).await.expect("register b");
+    assert!(
+        registry.register(b.clone(), TTL).await.expect("register b"),
+        "new"
+    );
     registry.register(a.clone(), TTL).await.expect("register a");
+    assert!(
+        !registry.register(b.clone(), TTL).await.expect("renew b"),
+        "renewed"
+    );
     let ids: Vec<String> = registry
         .nodes()
         .await
@@ -63,6 +70,10 @@ pub(crate) async fn registration_and_draining(registry: &impl Registry) {
     let nodes = registry.nodes().await.expect("nodes");
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].id, b.id);
+    assert!(
+        registry.register(a.clone(), TTL).await.expect("again"),
+        "new again once gone"
+    );
 }
 
 pub(crate) async fn channels_are_claimed_atomically(registry: &impl Registry) {

@@ -116,7 +116,7 @@ pub(crate) fn worth_announcing(old: &NodeInfo, new: &NodeInfo) -> bool {
 }
 
 impl Registry for MemoryRegistry {
-    async fn register(&self, mut node: NodeInfo, ttl: Duration) -> Result<(), RegistryError> {
+    async fn register(&self, mut node: NodeInfo, ttl: Duration) -> Result<bool, RegistryError> {
         let mut state = self.live();
         // Draining is set by operators; a renewal keeps it.
         if let Some(old) = state.nodes.get(&node.id) {
@@ -124,6 +124,7 @@ impl Registry for MemoryRegistry {
         }
         let expires = Instant::now() + ttl.max(MIN_TTL);
         let id = node.id.clone();
+        let fresh = !state.nodes.contains_key(&id);
         let event = match state.nodes.get(&id) {
             Some(old) if worth_announcing(&old.info, &node) => {
                 Some(Event::NodeChanged(node.clone()))
@@ -144,7 +145,7 @@ impl Registry for MemoryRegistry {
         if let Some(event) = event {
             self.emit(event);
         }
-        Ok(())
+        Ok(fresh)
     }
 
     async fn deregister(&self, id: &NodeId) -> Result<(), RegistryError> {

@@ -86,7 +86,16 @@ impl RedisRegistry {
             None => Client::open(url),
         }
         .map_err(unavailable)?;
-        let conn = client.get_connection_manager().await.map_err(unavailable)?;
+        // Retries are ours (with backoff and one log line), so a Redis that is down is
+        // reported at once rather than after the crate's six tries.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(Duration::from_secs(2)));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
         let events = broadcast::channel(EVENT_BACKLOG).0;
         let source = crate::redis_events::Source {
             client,
@@ -231,7 +240,7 @@ return released
 ";
 
 impl Registry for RedisRegistry {
-    async fn register(&self, mut node: NodeInfo, ttl: Duration) -> Result<(), RegistryError> {
+    async fn register(&self, mut node: NodeInfo, ttl: Duration) -> Result<bool, RegistryError> {
         *self.ttl.lock().unwrap_or_else(|e| e.into_inner()) = ttl.max(MIN_TTL);
         // Draining is the operator's, kept in its own set.
         let mut conn = self.conn.clone();
@@ -250,6 +259,7 @@ impl Registry for RedisRegistry {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        let fresh = old.is_none();
         let old: Option<NodeInfo> = old.and_then(|o: String| serde_json::from_str(&o).ok());
         let event = match old {
             None => Some(Event::NodeUp(node)),
@@ -261,7 +271,7 @@ impl Registry for RedisRegistry {
         if let Some(event) = event {
             self.publish(&event).await;
         }
-        Ok(())
+        Ok(fresh)
     }
 
     async fn deregister(&self, id: &NodeId) -> Result<(), RegistryError> {

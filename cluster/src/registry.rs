@@ -64,12 +64,14 @@ pub enum Event {
 
 /// The cluster registry. Calls are cheap to repeat: a node renews by registering again.
 pub trait Registry: Send + Sync {
-    /// Registers or renews `node`; it vanishes `ttl` after its last renewal.
+    /// Registers or renews `node`; it vanishes `ttl` after its last renewal. True when this
+    /// registered it anew (the first time, or after it expired or the registry lost it, as a
+    /// restarted Redis does): the node should then claim its channels again.
     fn register(
         &self,
         node: NodeInfo,
         ttl: Duration,
-    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
 
     /// Removes a node at once (graceful shutdown), with the channels it owns.
     fn deregister(&self, id: &NodeId) -> impl Future<Output = Result<(), RegistryError>> + Send;

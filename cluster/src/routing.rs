@@ -275,7 +275,7 @@ mod tests {
             }
         }
         impl Registry for Flaky {
-            async fn register(&self, n: NodeInfo, ttl: Duration) -> Result<(), RegistryError> {
+            async fn register(&self, n: NodeInfo, ttl: Duration) -> Result<bool, RegistryError> {
                 self.inner.register(n, ttl).await
             }
             async fn deregister(&self, id: &NodeId) -> Result<(), RegistryError> {

@@ -5,6 +5,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -21,12 +22,23 @@ const KEEP_BYTES: usize = 16 * 1024;
 pub(crate) struct Egress {
     socket: Arc<UdpSocket>,
     state: UdpSocketState,
+    /// Bytes handed to the kernel so far (UDP payloads), for the node's bitrate out.
+    sent: AtomicU64,
 }
 
 impl Egress {
     pub(crate) fn new(socket: Arc<UdpSocket>) -> io::Result<Self> {
         let state = UdpSocketState::new((&*socket).into())?;
-        Ok(Self { socket, state })
+        Ok(Self {
+            socket,
+            state,
+            sent: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes sent so far.
+    pub(crate) fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// How many datagrams one read may carry (UDP GRO); 1 without GRO.
@@ -51,9 +63,14 @@ impl Egress {
                 self.state.try_send((&*self.socket).into(), transmit)
             })
             .await;
-        if let Err(err) = sent {
+        match sent {
+            // One add per batch (a frame's packets to one viewer), not per packet.
+            Ok(()) => {
+                self.sent
+                    .fetch_add(transmit.contents.len() as u64, Ordering::Relaxed);
+            }
             // Loss on a full or failing socket is left to RTP to recover.
-            trace!(%err, "udp send");
+            Err(err) => trace!(%err, "udp send"),
         }
     }
 }

@@ -139,6 +139,11 @@ impl Sfu {
         self.peers().values().filter(|p| !p.is_publisher()).count()
     }
 
+    /// Bytes of media and control sent to peers so far (UDP payloads).
+    pub fn bytes_sent(&self) -> u64 {
+        self.inner.egress.bytes_sent()
+    }
+
     /// Number of WebRTC (WHIP) publisher sessions.
     pub fn publishers(&self) -> usize {
         self.peers().values().filter(|p| p.is_publisher()).count()
