@@ -447,6 +447,11 @@ impl Ffmpeg {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Whether it has exited, and if so whether successfully.
+    pub fn exited(&mut self) -> Result<Option<bool>> {
+        Ok(self.child.try_wait()?.map(|status| status.success()))
+    }
 }
 
 impl Drop for Ffmpeg {
