@@ -1,4 +1,5 @@
-//! `starling cluster nodes | channels | drain NODE_ID | undrain NODE_ID`: operator commands
+//! `starling cluster nodes | channels | drain NODE_ID | undrain NODE_ID | put-certificate NAME
+//! CHAIN KEY | certificate NAME`: operator commands
 //! against the registry named by the same configuration as `serve` (file, environment).
 
 use std::path::PathBuf;
@@ -39,6 +40,21 @@ enum ClusterCommand {
     Undrain {
         /// The node's id.
         node_id: String,
+    },
+    /// Store the TLS certificate for a public name, so any front can serve it (the key is
+    /// read from its file, and checked to belong to the certificate).
+    PutCertificate {
+        /// The public host name, e.g. live.example.com.
+        name: String,
+        /// The certificate chain, PEM, leaf first.
+        chain_file: PathBuf,
+        /// Its private key, PEM.
+        key_file: PathBuf,
+    },
+    /// Print the certificate chain stored for a public name (never its key).
+    Certificate {
+        /// The public host name.
+        name: String,
     },
 }
 
@@ -96,6 +112,23 @@ async fn command(
         }
         ClusterCommand::Drain { node_id } => set_draining(registry, &node_id, true).await?,
         ClusterCommand::Undrain { node_id } => set_draining(registry, &node_id, false).await?,
+        ClusterCommand::PutCertificate {
+            name,
+            chain_file,
+            key_file,
+        } => {
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))
+            };
+            let certificate = cluster::Certificate::from_pem(read(&chain_file)?, read(&key_file)?)
+                .with_context(|| format!("certificate for {name}"))?;
+            registry.put_certificate(&name, certificate).await?;
+            println!("{name}: certificate stored");
+        }
+        ClusterCommand::Certificate { name } => match registry.certificate(&name).await? {
+            Some(certificate) => print!("{}", certificate.chain_pem),
+            None => bail!("no certificate stored for {name}"),
+        },
     }
     Ok(())
 }

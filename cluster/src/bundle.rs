@@ -132,19 +132,36 @@ fn check(files: TlsFiles) -> Result<TlsFiles, BundleError> {
         .next()
         .and_then(Result::ok)
         .ok_or(BundleError::Pem("ca.crt", "certificate"))?;
-    let cert = CertificateDer::pem_slice_iter(&files.client_cert)
+    match key_matches(&files.client_cert, &files.client_key) {
+        Ok(()) => Ok(files),
+        Err(PairError::Certificate) => Err(BundleError::Pem("client.crt", "certificate")),
+        Err(PairError::Key) => Err(BundleError::Pem("client.key", "private key")),
+        Err(PairError::Mismatch) => Err(BundleError::KeyMismatch),
+    }
+}
+
+/// What is wrong with a certificate and key meant to go together.
+pub(crate) enum PairError {
+    /// No PEM certificate first in the chain.
+    Certificate,
+    /// No PEM private key rustls can sign with.
+    Key,
+    /// The key is not the certificate's.
+    Mismatch,
+}
+
+/// Whether `key_pem` is the private key of the first certificate in `chain_pem`.
+pub(crate) fn key_matches(chain_pem: &[u8], key_pem: &[u8]) -> Result<(), PairError> {
+    let cert = CertificateDer::pem_slice_iter(chain_pem)
         .next()
         .and_then(Result::ok)
-        .ok_or(BundleError::Pem("client.crt", "certificate"))?;
-    let key = PrivateKeyDer::from_pem_slice(&files.client_key)
-        .map_err(|_| BundleError::Pem("client.key", "private key"))?;
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|_| BundleError::Pem("client.key", "private key"))?;
-    let certified = rustls::sign::CertifiedKey::new(vec![cert], signing);
-    certified
+        .ok_or(PairError::Certificate)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| PairError::Key)?;
+    let signing =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|_| PairError::Key)?;
+    rustls::sign::CertifiedKey::new(vec![cert], signing)
         .keys_match()
-        .map_err(|_| BundleError::KeyMismatch)?;
-    Ok(files)
+        .map_err(|_| PairError::Mismatch)
 }
 
 #[cfg(test)]

@@ -132,6 +132,25 @@ pub struct Certificate {
     pub key_pem: String,
 }
 
+impl Certificate {
+    /// A certificate chain and its key, checked: PEM, and the key is the leaf's.
+    pub fn from_pem(chain_pem: String, key_pem: String) -> Result<Self, RegistryError> {
+        use crate::bundle::{key_matches, PairError};
+        match key_matches(chain_pem.as_bytes(), key_pem.as_bytes()) {
+            Ok(()) => Ok(Self { chain_pem, key_pem }),
+            Err(PairError::Certificate) => Err(RegistryError::Invalid(
+                "the chain does not start with a PEM certificate".into(),
+            )),
+            Err(PairError::Key) => Err(RegistryError::Invalid(
+                "the key is not a PEM private key (RSA, ECDSA or Ed25519)".into(),
+            )),
+            Err(PairError::Mismatch) => Err(RegistryError::Invalid(
+                "the key does not belong to the chain's first certificate".into(),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Debug for Certificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Certificate")

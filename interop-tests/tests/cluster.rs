@@ -340,6 +340,32 @@ mod redis {
         cluster.cli(&["undrain", "node-b"])?;
         ensure!(!draining(&a)?, "node-b takes newcomers again");
 
+        // A public name's certificate, stored for every front; a key that is not the
+        // certificate's is refused. (Redis's own certificate stands in for a public one.)
+        let (chain, key) = (cluster.dir.join("redis.crt"), cluster.dir.join("redis.key"));
+        let path = |p: &PathBuf| p.display().to_string();
+        let put = [
+            "put-certificate",
+            "live.example.test",
+            &path(&chain),
+            &path(&key),
+        ];
+        ensure!(cluster.cli(&put)?.contains("certificate stored"));
+        let stored = cluster.cli(&["certificate", "LIVE.example.test"])?;
+        ensure!(stored == std::fs::read_to_string(&chain)?, "{stored}");
+        let wrong_key = path(&cluster.dir.join("client.key"));
+        let refused = cluster
+            .cli(&[
+                "put-certificate",
+                "x.example.test",
+                &path(&chain),
+                &wrong_key,
+            ])
+            .err()
+            .context("a mismatched key was stored")?;
+        ensure!(refused.to_string().contains("does not belong"), "{refused}");
+        ensure!(cluster.cli(&["certificate", "x.example.test"]).is_err());
+
         // kill -9: no goodbye; it vanishes within the TTL (5 s).
         let killed = Instant::now();
         b.kill_now();
