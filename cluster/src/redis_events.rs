@@ -56,7 +56,7 @@ impl Source {
                     Ok(pubsub) => break pubsub,
                     Err(err) => {
                         debug!(%err, "registry: cannot subscribe yet");
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        delay = (delay * 2).min(Duration::from_secs(2));
                     }
                 }
             };

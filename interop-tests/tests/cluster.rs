@@ -615,12 +615,10 @@ mod redis {
             "{}",
             b.log()
         );
-        ensure!(
-            a.log()
-                .contains("registry: subscribed to events again; resynchronising"),
-            "{}",
-            a.log()
-        );
+        a.wait_for(Duration::from_secs(10), || {
+            Ok(a.log()
+                .contains("registry: subscribed to events again; resynchronising"))
+        })?;
         // So a second publisher of alice on node-a is refused again.
         let second =
             interop_tests::Ffmpeg::push_rtmp(&a.rtmp_url("alice"), interop_tests::FAST_X264)?;
