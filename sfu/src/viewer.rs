@@ -25,6 +25,8 @@ const BITRATE_WINDOW: Duration = Duration::from_secs(2);
 /// A cached group younger than this answers a join or keyframe request; an older one (a
 /// WebRTC publisher keyframes only on request) is not replayed: a fresh keyframe is asked for.
 const MAX_REPLAY_AGE: Duration = Duration::from_millis(1500);
+/// The resend buffer is made anew this long after a viewer's first live video frame.
+const RESEND_SHRINK_AFTER: Duration = Duration::from_secs(1);
 /// At most one keyframe answered per viewer in this time, however often it asks.
 const KEYFRAME_ANSWER_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -94,6 +96,9 @@ struct Counters {
     latency: Latency,
     /// The publisher came back in a codec this RTP-mode session cannot packetize.
     codec_changed: bool,
+    /// When the resend buffer is made anew after the join burst, and whether it was.
+    shrink_resends_at: Option<Instant>,
+    resends_shrunk: bool,
 }
 
 impl Viewer {
@@ -392,8 +397,23 @@ impl Viewer {
         // not the server's added latency.
         if written && line.kind == MediaKind::Video && arrived >= self.joined {
             c.awaiting_send = Some(arrived);
+            self.shrink_resends_after_join(c, line.mid, arrived);
         }
         self.release_written();
+    }
+
+    /// The cached group replayed at join grows str0m's resend buffer to its cap, and it never
+    /// shrinks. A while after the first live frame those packets are past the resend window,
+    /// so the buffer is made anew, to grow only as far as live video needs.
+    fn shrink_resends_after_join(&mut self, c: &mut Counters, mid: Mid, arrived: Instant) {
+        match c.shrink_resends_at {
+            None => c.shrink_resends_at = Some(arrived + RESEND_SHRINK_AFTER),
+            Some(at) if !c.resends_shrunk && arrived >= at => {
+                crate::http::keep_for_resends(&mut self.rtc, &[(mid, MediaKind::Video)], false);
+                c.resends_shrunk = true;
+            }
+            Some(_) => {}
+        }
     }
 
     /// str0m holds what was written until its next timeout; this is that timeout, so the next

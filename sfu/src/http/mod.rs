@@ -150,6 +150,8 @@ fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
 /// of a viewer's memory. Half a second is a few round trips for a NACK.
 const RESEND_MAX_PACKETS: usize = 256;
 const RESEND_WINDOW: Duration = Duration::from_millis(500);
+/// What is kept while the cached group goes out at join.
+const RESEND_MAX_JOINING: usize = 64;
 
 /// What a session does, which decides what str0m keeps for it.
 #[derive(Clone, Copy)]
@@ -215,11 +217,25 @@ fn new_rtc(sfu: &Sfu, role: Role) -> Rtc {
 /// Keeps sent video for [`RESEND_WINDOW`] rather than str0m's 3 s, and without str0m's cap on
 /// the share of resends, whose two per-packet histories cost ~22 KiB per viewer: resends stay
 /// bounded by what is kept (a packet is only resent while kept, once per NACK).
-fn keep_for_resends(rtc: &mut Rtc, added: &[(str0m::media::Mid, MediaKind)]) {
+///
+/// `joining`: the viewer is about to get the cached group in one burst, which would grow the
+/// buffer to its cap for good (str0m's buffer never shrinks); it keeps [`RESEND_MAX_JOINING`]
+/// until the viewer task makes it anew after the burst. A burst longer than the cap wraps it
+/// either way, so this loses no resend that the full cap would have kept for long.
+pub(crate) fn keep_for_resends(
+    rtc: &mut Rtc,
+    added: &[(str0m::media::Mid, MediaKind)],
+    joining: bool,
+) {
+    let packets = if joining {
+        RESEND_MAX_JOINING
+    } else {
+        RESEND_MAX_PACKETS
+    };
     let mut api = rtc.direct_api();
     for (mid, _) in added.iter().filter(|(_, kind)| *kind == MediaKind::Video) {
         if let Some(stream) = api.stream_tx_by_mid(*mid, None) {
-            stream.set_rtx_cache(RESEND_MAX_PACKETS, RESEND_WINDOW, None);
+            stream.set_rtx_cache(packets, RESEND_WINDOW, None);
         }
     }
 }

@@ -72,7 +72,7 @@ pub(super) async fn offer(
         Ok(a) => a,
         Err(response) => return *response,
     };
-    keep_for_resends(&mut rtc, &added);
+    keep_for_resends(&mut rtc, &added, true);
 
     // A viewer that cannot decode the stream's video hears why now, not as a black screen.
     if let Some(codec) = video_codec {
