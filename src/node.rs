@@ -56,7 +56,7 @@ pub struct Status {
 pub async fn renew<R: Registry + 'static>(
     registry: Arc<R>,
     mut info: NodeInfo,
-    status: impl Fn() -> Status + Send + 'static,
+    mut status: impl FnMut() -> Status + Send + 'static,
     registered: Arc<AtomicBool>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -137,7 +137,7 @@ pub fn router(routing: Arc<RoutingTable>, registered: Arc<AtomicBool>) -> Router
 /// A channel and the node holding its publisher, as `/api/cluster/channels` lists them.
 #[derive(serde::Serialize)]
 struct Origin {
-    channel: String,
+    channel: media::ChannelName,
     node: NodeId,
 }
 
@@ -146,10 +146,7 @@ async fn origins(State(routing): State<Arc<RoutingTable>>) -> Json<Vec<Origin>> 
         routing
             .channels()
             .into_iter()
-            .map(|(channel, node)| Origin {
-                channel: channel.to_string(),
-                node,
-            })
+            .map(|(channel, node)| Origin { channel, node })
             .collect(),
     )
 }

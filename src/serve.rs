@@ -155,7 +155,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let me = crate::node::info(node_id.clone(), region, &host, ports);
     let status = {
         let (sfu, bus) = (sfu.clone(), bus.clone());
-        let bitrate = std::sync::Mutex::new(crate::node::Bitrate::default());
+        let mut bitrate = crate::node::Bitrate::default();
         move || {
             let channels: Vec<media::ChannelName> = bus
                 .live()
@@ -167,10 +167,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 load: cluster::Load {
                     viewers: u32::try_from(sfu.viewers()).unwrap_or(u32::MAX),
                     ingest_streams: u32::try_from(channels.len()).unwrap_or(u32::MAX),
-                    bitrate_out: bitrate
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .update(sfu.bytes_sent(), std::time::Instant::now()),
+                    bitrate_out: bitrate.update(sfu.bytes_sent(), std::time::Instant::now()),
                 },
                 channels,
             }

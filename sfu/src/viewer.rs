@@ -96,9 +96,19 @@ struct Counters {
     latency: Latency,
     /// The publisher came back in a codec this RTP-mode session cannot packetize.
     codec_changed: bool,
-    /// When the resend buffer is made anew after the join burst, and whether it was.
-    shrink_resends_at: Option<Instant>,
-    resends_shrunk: bool,
+    resend_buffer: ResendBuffer,
+}
+
+/// Where a viewer's resend buffer is in being made anew after the join burst.
+#[derive(Default)]
+enum ResendBuffer {
+    /// No live video frame sent yet.
+    #[default]
+    Joining,
+    /// To be made anew at the first frame from this time on.
+    RenewAt(Instant),
+    /// Made anew; it grows with live video only.
+    Renewed,
 }
 
 impl Viewer {
@@ -406,13 +416,15 @@ impl Viewer {
     /// shrinks. A while after the first live frame those packets are past the resend window,
     /// so the buffer is made anew, to grow only as far as live video needs.
     fn shrink_resends_after_join(&mut self, c: &mut Counters, mid: Mid, arrived: Instant) {
-        match c.shrink_resends_at {
-            None => c.shrink_resends_at = Some(arrived + RESEND_SHRINK_AFTER),
-            Some(at) if !c.resends_shrunk && arrived >= at => {
-                crate::http::keep_for_resends(&mut self.rtc, &[(mid, MediaKind::Video)], false);
-                c.resends_shrunk = true;
+        match c.resend_buffer {
+            ResendBuffer::Joining => {
+                c.resend_buffer = ResendBuffer::RenewAt(arrived + RESEND_SHRINK_AFTER);
             }
-            Some(_) => {}
+            ResendBuffer::RenewAt(at) if arrived >= at => {
+                crate::http::keep_for_resends(&mut self.rtc, &[(mid, MediaKind::Video)], false);
+                c.resend_buffer = ResendBuffer::Renewed;
+            }
+            ResendBuffer::RenewAt(_) | ResendBuffer::Renewed => {}
         }
     }
 
