@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use crate::model::{NodeId, NodeInfo};
 use crate::registry::{
-    check_certificate, Certificate, Claim, Event, Registry, RegistryError, EVENT_BACKLOG,
-    MAX_CERTIFICATES, MAX_CHANNELS, MAX_NODES, MIN_TTL,
+    check_certificate, worth_announcing, Certificate, Claim, Event, Registry, RegistryError,
+    EVENT_BACKLOG, MAX_CERTIFICATES, MAX_CHANNELS, MAX_NODES, MIN_TTL,
 };
 
 struct Entry {
@@ -89,30 +89,6 @@ impl MemoryRegistry {
         // No subscriber is fine.
         let _ = self.events.send(event);
     }
-}
-
-/// Whether a renewal is news for the nodes' routing tables: what routing looks at changed
-/// (roles, region, host, ports, draining), or the load did (viewers or ingest streams, or
-/// bitrate out by more than an eighth). So a busy node announces itself at most once a renewal
-/// and an idle one never.
-pub(crate) fn worth_announcing(old: &NodeInfo, new: &NodeInfo) -> bool {
-    let routing = (
-        &old.roles,
-        &old.region,
-        &old.public_host,
-        &old.ports,
-        old.draining,
-    ) != (
-        &new.roles,
-        &new.region,
-        &new.public_host,
-        &new.ports,
-        new.draining,
-    );
-    let (a, b) = (&old.load, &new.load);
-    let bitrate_moved =
-        a.bitrate_out.abs_diff(b.bitrate_out) > a.bitrate_out.max(b.bitrate_out) / 8;
-    routing || a.viewers != b.viewers || a.ingest_streams != b.ingest_streams || bitrate_moved
 }
 
 impl Registry for MemoryRegistry {

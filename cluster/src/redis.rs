@@ -263,7 +263,7 @@ impl Registry for RedisRegistry {
         let old: Option<NodeInfo> = old.and_then(|o: String| serde_json::from_str(&o).ok());
         let event = match old {
             None => Some(Event::NodeUp(node)),
-            Some(old) if crate::memory::worth_announcing(&old, &node) => {
+            Some(old) if crate::registry::worth_announcing(&old, &node) => {
                 Some(Event::NodeChanged(node))
             }
             Some(_) => None,

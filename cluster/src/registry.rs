@@ -189,6 +189,30 @@ pub(crate) fn check_certificate(
     Ok(())
 }
 
+/// Whether a renewal is news for the nodes' routing tables: what routing looks at changed
+/// (roles, region, host, ports, draining), or the load did (viewers or ingest streams, or
+/// bitrate out by more than an eighth). So a busy node announces itself at most once a renewal
+/// and an idle one never.
+pub(crate) fn worth_announcing(old: &NodeInfo, new: &NodeInfo) -> bool {
+    let routing = (
+        &old.roles,
+        &old.region,
+        &old.public_host,
+        &old.ports,
+        old.draining,
+    ) != (
+        &new.roles,
+        &new.region,
+        &new.public_host,
+        &new.ports,
+        new.draining,
+    );
+    let (a, b) = (&old.load, &new.load);
+    let bitrate_moved =
+        a.bitrate_out.abs_diff(b.bitrate_out) > a.bitrate_out.max(b.bitrate_out) / 8;
+    routing || a.viewers != b.viewers || a.ingest_streams != b.ingest_streams || bitrate_moved
+}
+
 /// How many events a subscriber may lag behind before it loses the oldest.
 pub(crate) const EVENT_BACKLOG: usize = 1024;
 
