@@ -457,5 +457,24 @@ async fn a_lossy_viewer_gets_lost_packets_back_by_nack_and_rtx() -> Result<()> {
         decoded > 150.0,
         "video kept decoding: {decoded} frames in 8 s"
     );
-    viewer.close().await
+    // The server sealed this H.264 video itself (video_out) and answered the NACKs there.
+    let resent_by_server: f64 = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("NACK answered"))
+        .filter_map(|l| {
+            l.split("packets=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    ensure!(
+        resent_by_server >= resent,
+        "the server's own sender resent {resent_by_server} packets, the browser got {resent}"
+    );
+    viewer.close().await?;
+    Ok(())
 }

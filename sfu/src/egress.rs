@@ -100,20 +100,47 @@ impl Batch {
 
     /// Adds a datagram; sends what was waiting first if this one cannot join it.
     pub(crate) async fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
+        self.make_room(destination, datagram.len()).await;
+        self.buf.extend_from_slice(datagram);
+        self.added(datagram.len());
+    }
+
+    /// Adds a datagram of `len` bytes that `fill` writes in place (no copy in between); a
+    /// datagram `fill` refuses (returns false) is left out.
+    pub(crate) async fn push_with(
+        &mut self,
+        destination: SocketAddr,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) {
+        self.make_room(destination, len).await;
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        if fill(&mut self.buf[start..]) {
+            self.added(len);
+        } else {
+            self.buf.truncate(start);
+        }
+    }
+
+    /// Sends what was waiting if a datagram of `len` bytes to `destination` cannot join it.
+    async fn make_room(&mut self, destination: SocketAddr, len: usize) {
         let fits = self.count > 0
             && !self.closed
             && self.destination == Some(destination)
-            && datagram.len() <= self.segment
+            && len <= self.segment
             && self.count < self.egress.state.max_gso_segments()
-            && self.buf.len() + datagram.len() <= MAX_BATCH_BYTES;
+            && self.buf.len() + len <= MAX_BATCH_BYTES;
         if !fits {
             self.flush().await;
             self.destination = Some(destination);
-            self.segment = datagram.len();
+            self.segment = len;
         }
-        self.buf.extend_from_slice(datagram);
+    }
+
+    fn added(&mut self, len: usize) {
         self.count += 1;
-        self.closed = datagram.len() < self.segment;
+        self.closed = len < self.segment;
     }
 
     /// Sends what is waiting.

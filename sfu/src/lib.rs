@@ -13,8 +13,10 @@ mod peer;
 mod publisher;
 mod rtp_out;
 mod sdpfrag;
+mod srtp;
 mod stun;
 mod udp;
+mod video_out;
 mod viewer;
 
 use std::collections::HashMap;

@@ -56,6 +56,23 @@ impl Numbering {
     }
 }
 
+impl Numbering {
+    /// Numbers for `count` packets: the first is returned.
+    pub(crate) fn take(&mut self, count: u64) -> u64 {
+        let first = self.next;
+        self.next += count;
+        first
+    }
+}
+
+/// The frame's payloads in `codec`, packetized by the first viewer that asks.
+pub(crate) fn payloads(codec: Codec, frame: &Frame) -> Option<&[Arc<[u8]>]> {
+    frame
+        .derived
+        .get_or_init(|| packetize(codec, &frame.payload))
+        .map(|p| p.0.as_slice())
+}
+
 /// Packets written into str0m at a time. str0m queues what it is given until it is polled, and
 /// its queue keeps the capacity of its largest burst: a whole keyframe written at once left
 /// ~180 kB per viewer (heaptrack). Writing in chunks, polled out in between, keeps it small.

@@ -16,6 +16,8 @@ use crate::latency::Latency;
 use crate::layers::{choose, Layer, LayerStatus, Timeline};
 use crate::peer::{apply_ice, Control, PeerIo};
 use crate::rtp_out;
+use crate::srtp::{self, Keys};
+use crate::video_out::VideoOut;
 use crate::{SessionId, Sfu};
 
 /// How often the layer choice is revisited.
@@ -42,6 +44,10 @@ pub(crate) struct Viewer {
     pub(crate) joined: Instant,
     /// The `Rtc` is in RTP mode: frames go out as shared payloads ([`rtp_out`]).
     pub(crate) rtp_mode: bool,
+    /// H.264 video may be sealed and sent by this task ([`VideoOut`]): RTP mode, one layer.
+    pub(crate) own_video: bool,
+    /// The session's SRTP keys, once DTLS has made them (AEAD profiles only).
+    pub(crate) keys: Option<Keys>,
 }
 
 /// One outgoing media line and where its frames come from.
@@ -53,6 +59,8 @@ struct Line {
     numbering: rtp_out::Numbering,
     /// The rest of a frame being written in chunks (RTP mode).
     backlog: Option<rtp_out::Backlog>,
+    /// This task seals and sends the line's video itself.
+    out: Option<VideoOut>,
     frequency: Frequency,
     /// Name of the track being sent.
     name: String,
@@ -97,6 +105,8 @@ struct Counters {
     /// The publisher came back in a codec this RTP-mode session cannot packetize.
     codec_changed: bool,
     resend_buffer: ResendBuffer,
+    /// Video packets resent by this task ([`VideoOut`]), if it sends the video itself.
+    sealed_here: Option<u64>,
 }
 
 /// Where a viewer's resend buffer is in being made anew after the join burst.
@@ -118,17 +128,19 @@ impl Viewer {
         let reason = self.drive(&mut counters).await;
         let secs = started.elapsed().as_secs();
         let switches = self.lock_status().switches;
+        let resent = counters.sealed_here;
         match counters.latency.summary() {
             Some((frames, p50, p99)) => info!(
                 reason,
                 secs,
                 switches,
+                resent,
                 frames,
                 p50_us = p50,
                 p99_us = p99,
                 "viewer left; server-added video latency"
             ),
-            None => info!(reason, secs, switches, "viewer left"),
+            None => info!(reason, secs, switches, resent, "viewer left"),
         }
         self.sfu.remove_peer(self.id);
     }
@@ -194,8 +206,15 @@ impl Viewer {
                 }
                 datagram = self.io.datagrams.recv() => {
                     let Some(d) = datagram else { return "shut down" };
-                    if let Err(reason) = self.io.receive(&mut self.rtc, &d) {
+                    let (received, keys) = srtp::collect(|| self.io.receive(&mut self.rtc, &d));
+                    if keys.is_some() {
+                        self.keys = keys;
+                    }
+                    if let Err(reason) = received {
                         return reason;
+                    }
+                    if let Some(out) = video.as_mut().and_then(|l| l.out.as_mut()) {
+                        out.on_datagram(&d.data);
                     }
                 }
                 e = line_event(&mut video, &self.broadcast), if connected => {
@@ -206,7 +225,13 @@ impl Viewer {
                 }
                 _ = tick.tick(), if connected => self.choose_layer(c, &mut video),
                 _ = &mut timer => {
-                    if self.rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                    let (timed, keys) = srtp::collect(|| {
+                        self.rtc.handle_input(Input::Timeout(Instant::now()))
+                    });
+                    if keys.is_some() {
+                        self.keys = keys;
+                    }
+                    if timed.is_err() {
                         return "protocol error";
                     }
                 }
@@ -234,9 +259,17 @@ impl Viewer {
                     if let Some(arrived) = c.awaiting_send.take() {
                         c.latency.record(arrived.elapsed());
                     }
+                    if let Some(out) = video.as_mut().and_then(|l| l.out.as_mut()) {
+                        out.sent_to(&t.contents, t.destination);
+                    }
                     self.io.send(&t).await;
                 }
                 Output::Timeout(deadline) => {
+                    // After str0m's packets: the rest of a frame follows its first packet.
+                    if let Some(out) = video.as_mut().and_then(|l| l.out.as_mut()) {
+                        out.send(&mut self.io.out).await;
+                        c.sealed_here = Some(out.resent);
+                    }
                     self.io.flush().await;
                     return Ok(deadline);
                 }
@@ -294,6 +327,7 @@ impl Viewer {
             codec: None,
             numbering: rtp_out::Numbering::new(),
             backlog: None,
+            out: None,
             frequency,
             name,
             current: None,
@@ -381,12 +415,19 @@ impl Viewer {
         let arrived = frame.arrived;
         let written = match line.codec {
             Some(codec) if self.rtp_mode && rtp_out::shareable(codec) => {
-                line.backlog = Some(rtp_out::Backlog {
-                    frame,
-                    rtp_time: ts,
-                    next: 0,
-                });
-                self.write_backlog(line)
+                if codec == Codec::H264 {
+                    self.start_video_out(line, pt);
+                }
+                if let Some(out) = line.out.as_mut() {
+                    out.write(&mut self.rtc, line.mid, pt, &mut line.numbering, frame, ts)
+                } else {
+                    line.backlog = Some(rtp_out::Backlog {
+                        frame,
+                        rtp_time: ts,
+                        next: 0,
+                    });
+                    self.write_backlog(line)
+                }
             }
             _ if self.rtp_mode => {
                 c.codec_changed = true;
@@ -410,6 +451,25 @@ impl Viewer {
             self.shrink_resends_after_join(c, line.mid, arrived);
         }
         self.release_written();
+    }
+
+    /// Lets this task seal and send the line's video, once DTLS has made the keys.
+    fn start_video_out(&mut self, line: &mut Line, pt: Pt) {
+        if !self.own_video || line.kind != MediaKind::Video || line.out.is_some() {
+            return;
+        }
+        let Some(keys) = self.keys.as_ref() else {
+            return;
+        };
+        line.out = VideoOut::new(
+            &mut self.rtc,
+            line.mid,
+            pt,
+            keys,
+            crate::http::RESEND_MAX_PACKETS,
+            crate::http::RESEND_WINDOW,
+        );
+        debug!(sealed_here = line.out.is_some(), "video out");
     }
 
     /// The cached group replayed at join grows str0m's resend buffer to its cap, and it never

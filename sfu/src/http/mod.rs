@@ -148,8 +148,8 @@ fn parse_offer(body: &str) -> Result<SdpOffer, Box<Response>> {
 /// record of a kept packet is ~450 bytes (the payload itself is shared), so at 2.5 Mbit/s
 /// (~280 packets a second, keyframes in bursts) this is ~110 KiB per viewer, the largest part
 /// of a viewer's memory. Half a second is a few round trips for a NACK.
-const RESEND_MAX_PACKETS: usize = 256;
-const RESEND_WINDOW: Duration = Duration::from_millis(500);
+pub(crate) const RESEND_MAX_PACKETS: usize = 256;
+pub(crate) const RESEND_WINDOW: Duration = Duration::from_millis(500);
 /// What is kept while the cached group goes out at join.
 const RESEND_MAX_JOINING: usize = 64;
 

@@ -120,6 +120,8 @@ pub(super) async fn offer(
         added,
         joined: Instant::now(),
         rtp_mode,
+        own_video: rtp_mode && !layered,
+        keys: None,
     };
     tokio::spawn(viewer.run().instrument(span));
     created(format!("/whep/{channel}/{id}"), answer)
