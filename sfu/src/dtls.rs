@@ -59,7 +59,9 @@ pub(crate) fn certificate() -> Option<DtlsCert> {
 
 /// ECDHE only (forward secrecy); as a server our ECDSA key picks the ECDSA suites.
 const CIPHERS: &str = "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES256";
-const SRTP_PROFILES: &str = "SRTP_AEAD_AES_256_GCM:SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80";
+/// AES-128-GCM first (OpenSSL's server takes its own order): a third fewer AES rounds than
+/// AES-256 on every packet sent; 128-bit keys are what SRTP's mandatory profile has always used.
+const SRTP_PROFILES: &str = "SRTP_AEAD_AES_128_GCM:SRTP_AEAD_AES_256_GCM:SRTP_AES128_CM_SHA1_80";
 const SRTP_LABEL: &str = "EXTRACTOR-dtls_srtp";
 /// Datagrams waiting for OpenSSL to read, at most (a handshake flight is a handful).
 const MAX_QUEUED: usize = 64;
