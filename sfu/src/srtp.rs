@@ -100,7 +100,7 @@ impl Keys {
         Opener {
             gcm: Gcm::new(self.wide, &key, false),
             salt,
-            highest: None,
+            highest: Vec::new(),
         }
     }
 
@@ -238,13 +238,16 @@ impl Sealer {
     }
 }
 
+/// SSRCs whose SRTCP index is tracked, at most (a browser sends RTCP from one or a few).
+const MAX_RTCP_SOURCES: usize = 8;
+
 /// Opens incoming SRTCP.
 pub(crate) struct Opener {
     gcm: Gcm,
     salt: [u8; SALT_LEN],
-    /// The highest index opened: an index not above it is a replay (or reordered; either way
-    /// not read again).
-    highest: Option<u32>,
+    /// Per sending SSRC, the highest index opened: an index not above it is a replay (or
+    /// reordered; either way not read again). RFC 3711 §3.3.2 keeps it per SSRC too.
+    highest: Vec<(u32, u32)>,
 }
 
 impl Opener {
@@ -261,10 +264,11 @@ impl Opener {
             return None;
         }
         let index = e_and_index & 0x7fff_ffff;
-        if self.highest.is_some_and(|h| index <= h) {
+        let ssrc = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+        let seen = self.highest.iter().position(|&(s, _)| s == ssrc);
+        if seen.is_some_and(|i| index <= self.highest[i].1) {
             return None;
         }
-        let ssrc = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
         let mut aad = [0u8; RTCP_HEADER_LEN + RTCP_INDEX_LEN];
         aad[..RTCP_HEADER_LEN].copy_from_slice(&body[..RTCP_HEADER_LEN]);
         aad[RTCP_HEADER_LEN..].copy_from_slice(trailer);
@@ -278,7 +282,15 @@ impl Opener {
             &mut out[RTCP_HEADER_LEN..],
         )?;
         out.truncate(RTCP_HEADER_LEN + n);
-        self.highest = Some(index);
+        match seen {
+            Some(i) => self.highest[i].1 = index,
+            None => {
+                if self.highest.len() >= MAX_RTCP_SOURCES {
+                    self.highest.remove(0);
+                }
+                self.highest.push((ssrc, index));
+            }
+        }
         Some(out)
     }
 }
@@ -358,6 +370,11 @@ mod tests {
             let mut opener = server.rtcp_opener();
             assert_eq!(opener.open(&sealed).as_deref(), Some(&rtcp[..]));
             assert_eq!(opener.open(&sealed), None, "a replay is not read again");
+            // Another source's index counts on its own.
+            let mut other = rtcp;
+            other[7] = 2;
+            let from_other = server.peer_rtcp_sealer().seal_rtcp(&other, 3);
+            assert_eq!(opener.open(&from_other).as_deref(), Some(&other[..]));
 
             // What the server itself would send (sealed with its own key, as the client's
             // peer) does not open as the client's.

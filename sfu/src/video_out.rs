@@ -26,15 +26,21 @@ use crate::srtp::{Keys, Opener, Sealer, TAG_LEN};
 /// RTCP transport-layer feedback, and its generic NACK format (RFC 4585 §6.2.1).
 const RTPFB: u8 = 205;
 const NACK_FMT: u8 = 1;
-/// Resends waiting at most (one NACK names at most 17 packets per entry; this bounds a flood).
-const MAX_RESENDS: usize = 256;
+/// Times one packet is resent at most, however often it is asked for (a resend lost on the
+/// way is asked for again; a viewer asking for ever gets nothing more).
+const MAX_RESENDS_PER_PACKET: u8 = 3;
+/// Header extensions copied from str0m's packet, at most (it writes a few bytes: the MID).
+const MAX_EXT: usize = 32;
+const HEADER_MAX: usize = 12 + MAX_EXT;
 
-/// One packet kept for resends: ~40 bytes, its payload shared with the frame.
+/// One packet kept for resends: ~48 bytes, its payload shared with the frame.
 struct Kept {
     seq: u64,
     time: u32,
-    pt: u8,
     marker: bool,
+    /// In the resend queue now.
+    queued: bool,
+    resends: u8,
     at: Instant,
     payload: Arc<[u8]>,
 }
@@ -48,7 +54,9 @@ struct Pending {
     first_seq: u64,
 }
 
-/// Retransmission stream (RFC 4588).
+/// Retransmission stream (RFC 4588). This task numbers it alone: str0m sends on it only
+/// packets from its resend cache (none: the video it is given is not nackable) and padding,
+/// which it makes only for a bandwidth estimate (which a one-layer viewer does not run).
 struct Rtx {
     ssrc: u32,
     pt: u8,
@@ -57,6 +65,7 @@ struct Rtx {
 
 pub(crate) struct VideoOut {
     ssrc: u32,
+    /// `None` without RTX: NACKs are not answered (as str0m does not without RTX).
     rtx: Option<Rtx>,
     sealer: Sealer,
     opener: Opener,
@@ -67,6 +76,11 @@ pub(crate) struct VideoOut {
     resends: VecDeque<u64>,
     /// Where str0m sends this viewer's media.
     destination: Option<SocketAddr>,
+    /// The header extensions str0m wrote on the latest first packet (the MID, until the
+    /// viewer's receiver report shows it knows the SSRC): repeated on the rest of the frame, so
+    /// its packets carry the same header and have one length (one GSO send).
+    ext: [u8; MAX_EXT],
+    ext_len: usize,
     /// Packets resent over RTX, for the log.
     pub(crate) resent: u64,
 }
@@ -106,6 +120,8 @@ impl VideoOut {
             pending: None,
             resends: VecDeque::new(),
             destination: None,
+            ext: [0; MAX_EXT],
+            ext_len: 0,
             resent: 0,
         })
     }
@@ -135,6 +151,7 @@ impl VideoOut {
         let count = payloads.len() as u64;
         let seq = numbering.take(count);
         let now = Instant::now();
+        // Not nackable: str0m keeps no record of it, and never resends on the RTX stream.
         stream.write_rtp(
             RtpWrite::new(pt, SeqNo::from(seq), time, frame.arrived, Arc::clone(first))
                 .marker(count == 1),
@@ -143,8 +160,9 @@ impl VideoOut {
             self.keep(Kept {
                 seq: seq + i as u64,
                 time,
-                pt: *pt,
                 marker: i + 1 == payloads.len(),
+                queued: false,
+                resends: 0,
                 at: now,
                 payload: Arc::clone(payload),
             });
@@ -172,19 +190,44 @@ impl VideoOut {
         self.kept.push_back(packet);
     }
 
-    /// Notes where str0m sent a datagram: media goes to the same address.
+    /// The kept packet numbered `seq`.
+    fn kept_mut(&mut self, seq: u64) -> Option<&mut Kept> {
+        let front = self.kept.front()?.seq;
+        let index = usize::try_from(seq.checked_sub(front)?).ok()?;
+        self.kept.get_mut(index).filter(|k| k.seq == seq)
+    }
+
+    /// Notes a datagram str0m sent: media goes to the same address, and the first packet of a
+    /// frame lends its header extensions to the rest.
     pub(crate) fn sent_to(&mut self, datagram: &[u8], destination: SocketAddr) {
         // RTP and RTCP (version 2), not STUN or DTLS.
         if datagram.first().is_some_and(|b| b >> 6 == 2) {
             self.destination = Some(destination);
         }
+        if let Some(ext) = extensions(datagram, self.ssrc) {
+            if ext.len() <= MAX_EXT {
+                self.ext[..ext.len()].copy_from_slice(ext);
+                self.ext_len = ext.len();
+            }
+        }
+    }
+
+    /// A header for this stream's packets: version 2, the extensions str0m wrote.
+    fn header(&self, pt: u8, marker: bool, seq: u16, time: u32) -> ([u8; HEADER_MAX], usize) {
+        let mut h = [0u8; HEADER_MAX];
+        h[..12].copy_from_slice(&plain_header(pt, marker, seq, time, self.ssrc));
+        if self.ext_len > 0 {
+            h[0] |= 0x10;
+            h[12..12 + self.ext_len].copy_from_slice(&self.ext[..self.ext_len]);
+        }
+        (h, 12 + self.ext_len)
     }
 
     /// Sends what is waiting: the rest of the latest frame, then resends asked for.
     pub(crate) async fn send(&mut self, out: &mut Batch) {
         let Some(destination) = self.destination else {
             self.pending = None;
-            self.resends.clear();
+            self.clear_resends();
             return;
         };
         if let Some(p) = self.pending.take() {
@@ -192,10 +235,10 @@ impl VideoOut {
                 let last = payloads.len().saturating_sub(1);
                 for (i, payload) in payloads.iter().enumerate().skip(1) {
                     let seq = p.first_seq + (i as u64 - 1);
-                    let header = header(p.pt, i == last, seq as u16, p.time, self.ssrc);
+                    let (header, len) = self.header(p.pt, i == last, seq as u16, p.time);
                     let (sealer, ssrc) = (&mut self.sealer, self.ssrc);
-                    out.push_with(destination, sealed_len(payload.len()), |buf| {
-                        sealer.seal(&header, ssrc, seq, payload, buf)
+                    out.push_with(destination, len + payload.len() + TAG_LEN, |buf| {
+                        sealer.seal(&header[..len], ssrc, seq, payload, buf)
                     })
                     .await;
                 }
@@ -206,48 +249,47 @@ impl VideoOut {
         }
     }
 
-    async fn resend(&mut self, seq: u64, destination: SocketAddr, out: &mut Batch) {
-        let Some(front) = self.kept.front().map(|k| k.seq) else {
-            return;
-        };
-        let Some(kept) = seq
-            .checked_sub(front)
-            .and_then(|i| self.kept.get(i as usize))
-            .filter(|k| k.seq == seq)
-        else {
-            return;
-        };
-        match self.rtx.as_mut() {
-            Some(rtx) => {
-                // RFC 4588: the original sequence number, then the original payload.
-                let mut payload = Vec::with_capacity(2 + kept.payload.len());
-                payload.extend_from_slice(&(seq as u16).to_be_bytes());
-                payload.extend_from_slice(&kept.payload);
-                let rtx_seq = rtx.next.take(1);
-                let header = header(rtx.pt, kept.marker, rtx_seq as u16, kept.time, rtx.ssrc);
-                let (sealer, ssrc) = (&mut self.sealer, rtx.ssrc);
-                out.push_with(destination, sealed_len(payload.len()), |buf| {
-                    sealer.seal(&header, ssrc, rtx_seq, &payload, buf)
-                })
-                .await;
-            }
-            None => {
-                // Without RTX the packet goes again as it was (same index: same bytes).
-                let header = header(kept.pt, kept.marker, seq as u16, kept.time, self.ssrc);
-                let (sealer, ssrc, payload) = (&mut self.sealer, self.ssrc, &kept.payload);
-                out.push_with(destination, sealed_len(payload.len()), |buf| {
-                    sealer.seal(&header, ssrc, seq, payload, buf)
-                })
-                .await;
+    fn clear_resends(&mut self) {
+        while let Some(seq) = self.resends.pop_front() {
+            if let Some(k) = self.kept_mut(seq) {
+                k.queued = false;
             }
         }
+    }
+
+    /// Resends a kept packet over RTX (RFC 4588: the original sequence number, then the
+    /// original payload, on the RTX stream's own numbers).
+    async fn resend(&mut self, seq: u64, destination: SocketAddr, out: &mut Batch) {
+        let keep_for = self.keep_for;
+        let Some(kept) = self.kept_mut(seq) else {
+            return;
+        };
+        kept.queued = false;
+        if kept.at.elapsed() > keep_for {
+            return;
+        }
+        kept.resends += 1;
+        let (time, marker) = (kept.time, kept.marker);
+        let mut payload = Vec::with_capacity(2 + kept.payload.len());
+        payload.extend_from_slice(&(seq as u16).to_be_bytes());
+        payload.extend_from_slice(&kept.payload);
+        let Some(rtx) = self.rtx.as_mut() else {
+            return;
+        };
+        let rtx_seq = rtx.next.take(1);
+        let header = plain_header(rtx.pt, marker, rtx_seq as u16, time, rtx.ssrc);
+        let (sealer, ssrc) = (&mut self.sealer, rtx.ssrc);
+        out.push_with(destination, 12 + payload.len() + TAG_LEN, |buf| {
+            sealer.seal(&header, ssrc, rtx_seq, &payload, buf)
+        })
+        .await;
         self.resent += 1;
     }
 
     /// Reads a datagram the viewer sent: if it is SRTCP carrying NACKs for our video, the
     /// packets still kept are queued to resend. Whether any were.
     pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> bool {
-        if !is_rtcp(datagram) {
+        if self.rtx.is_none() || !is_rtcp(datagram) {
             return false;
         }
         let Some(rtcp) = self.opener.open(datagram) else {
@@ -256,20 +298,21 @@ impl VideoOut {
         let Some(latest) = self.kept.back().map(|k| k.seq) else {
             return false;
         };
-        let before = self.resends.len();
+        let mut queued = 0;
         for lost in nacked(&rtcp, self.ssrc) {
-            if self.resends.len() >= MAX_RESENDS {
-                debug!("NACKs past the resend queue; dropped");
-                break;
-            }
             let Some(seq) = extend(latest, lost) else {
                 continue;
             };
-            if !self.resends.contains(&seq) {
-                self.resends.push_back(seq);
+            let Some(kept) = self.kept_mut(seq) else {
+                continue;
+            };
+            if kept.queued || kept.resends >= MAX_RESENDS_PER_PACKET {
+                continue;
             }
+            kept.queued = true;
+            self.resends.push_back(seq);
+            queued += 1;
         }
-        let queued = self.resends.len() - before;
         if queued > 0 {
             debug!(packets = queued, "NACK answered");
         }
@@ -277,13 +320,24 @@ impl VideoOut {
     }
 }
 
-/// Bytes of a sealed packet with a plain 12-byte header.
-fn sealed_len(payload: usize) -> usize {
-    12 + payload + TAG_LEN
+/// The header extension block (profile, length, elements) of an RTP packet str0m sent on
+/// `ssrc`; empty if it has none; `None` if it is not such a packet.
+fn extensions(datagram: &[u8], ssrc: u32) -> Option<&[u8]> {
+    if datagram.len() < 12 || datagram[0] >> 6 != 2 || is_rtcp(datagram) {
+        return None;
+    }
+    if datagram[8..12] != ssrc.to_be_bytes() || datagram[0] & 0x0f != 0 {
+        return None;
+    }
+    if datagram[0] & 0x10 == 0 {
+        return Some(&[]);
+    }
+    let words = usize::from(u16::from_be_bytes([*datagram.get(14)?, *datagram.get(15)?]));
+    datagram.get(12..16 + 4 * words)
 }
 
 /// A 12-byte RTP header: version 2, no padding, extensions or CSRCs.
-fn header(pt: u8, marker: bool, seq: u16, time: u32, ssrc: u32) -> [u8; 12] {
+fn plain_header(pt: u8, marker: bool, seq: u16, time: u32, ssrc: u32) -> [u8; 12] {
     let mut h = [0u8; 12];
     h[0] = 0x80;
     h[1] = (u8::from(marker) << 7) | (pt & 0x7f);
@@ -315,7 +369,18 @@ fn nacked(mut rtcp: &[u8], ssrc: u32) -> Vec<u16> {
     while rtcp.len() >= 4 {
         let words = usize::from(u16::from_be_bytes([rtcp[2], rtcp[3]]));
         let len = (words + 1) * 4;
-        let Some(packet) = rtcp.get(..len) else { break };
+        let Some(mut packet) = rtcp.get(..len) else {
+            break;
+        };
+        rtcp = &rtcp[len..];
+        if packet[0] & 0x20 != 0 {
+            // Padding: its last byte counts it.
+            let pad = usize::from(packet[len - 1]);
+            let Some(unpadded) = packet.get(..len.saturating_sub(pad).max(4)) else {
+                break;
+            };
+            packet = unpadded;
+        }
         let (fmt, pt) = (packet[0] & 0x1f, packet[1]);
         if pt == RTPFB && fmt == NACK_FMT && packet.len() >= 12 {
             let media = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
@@ -332,7 +397,6 @@ fn nacked(mut rtcp: &[u8], ssrc: u32) -> Vec<u16> {
                 }
             }
         }
-        rtcp = &rtcp[len..];
     }
     lost
 }
@@ -354,6 +418,33 @@ mod tests {
     }
 
     #[test]
+    fn rtcp_padding_is_not_read_as_a_nack_entry() {
+        // A padded NACK: one entry (PID 7), then 4 bytes of padding counting themselves.
+        let rtcp = [
+            0xA1, RTPFB, 0, 4, 0, 0, 0, 1, 0, 0, 0, 9, 0, 7, 0, 0, 0, 0, 0, 4,
+        ];
+        assert_eq!(nacked(&rtcp, 9), vec![7]);
+        // Padding that claims more than the packet holds reads nothing past it.
+        let bad = [0xA1, RTPFB, 0, 3, 0, 0, 0, 1, 0, 0, 0, 9, 0, 7, 0, 0xff];
+        assert!(nacked(&bad, 9).len() <= 1);
+    }
+
+    #[test]
+    fn str0m_extensions_are_found_on_our_stream_only() {
+        // X bit, one word of extensions (the one-byte profile, MID "0").
+        let mut packet = vec![0x90, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+        packet.extend([0xBE, 0xDE, 0, 1, 0x10, b'0', 0, 0]);
+        packet.extend([0xAB; 20]);
+        assert_eq!(extensions(&packet, 9), Some(&packet[12..20]));
+        assert_eq!(extensions(&packet, 10), None, "another SSRC");
+        let plain = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2];
+        assert_eq!(extensions(&plain, 9), Some(&[][..]));
+        let truncated = [0x90, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xBE, 0xDE, 0, 9];
+        assert_eq!(extensions(&truncated, 9), None);
+        assert_eq!(extensions(&[0x81, 205, 0, 1, 0, 0, 0, 9], 9), None, "RTCP");
+    }
+
+    #[test]
     fn a_nacked_number_extends_to_the_latest_cycle_or_the_one_before() {
         assert_eq!(extend(70_000, 4_000), Some(69_536));
         assert_eq!(extend(70_000, 60_000), Some(60_000));
@@ -372,7 +463,7 @@ mod tests {
 
     #[test]
     fn the_header_carries_marker_payload_type_and_numbers() {
-        let h = header(96, true, 0x1234, 0x0102_0304, 0xAABB_CCDD);
+        let h = plain_header(96, true, 0x1234, 0x0102_0304, 0xAABB_CCDD);
         assert_eq!(
             h,
             [0x80, 0xE0, 0x12, 0x34, 1, 2, 3, 4, 0xAA, 0xBB, 0xCC, 0xDD]
