@@ -457,7 +457,7 @@ async fn a_lossy_viewer_gets_lost_packets_back_by_nack_and_rtx() -> Result<()> {
         decoded > 150.0,
         "video kept decoding: {decoded} frames in 8 s"
     );
-    // The server sealed this H.264 video itself (video_out) and answered the NACKs there.
+    // The server sealed this H.264 video itself (media_out) and answered the NACKs there.
     let resent_by_server: f64 = server
         .log()
         .lines()

@@ -285,7 +285,7 @@ impl Session {
         let mut keying = vec![0; profile.keying_material_len()];
         ssl.export_keying_material(&mut keying, SRTP_LABEL, None)
             .map_err(|_| failed(CryptoOperation::CompleteKeyExchange))?;
-        // The viewer task seals its video itself (video_out) and takes the keys here.
+        // The viewer task seals its media itself (media_out) and takes the keys here.
         crate::srtp::offer(&keying, profile, self.active == Some(true));
         Ok(Secrets {
             peer_cert,

@@ -9,6 +9,7 @@ mod egress;
 mod http;
 mod latency;
 mod layers;
+mod media_out;
 mod peer;
 mod publisher;
 mod rtp_out;
@@ -16,7 +17,6 @@ mod sdpfrag;
 mod srtp;
 mod stun;
 mod udp;
-mod video_out;
 mod viewer;
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! SRTP for the video a viewer's task sends itself ([`crate::video_out`]): session keys derived
+//! SRTP for the media a viewer's task sends itself ([`crate::media_out`]): session keys derived
 //! from the DTLS keying material (RFC 3711 §4.3), RTP sealed with AEAD-AES-GCM (RFC 7714 §8)
 //! straight into the send batch, and the viewer's SRTCP opened (RFC 7714 §9) to read its NACKs.
 //!

@@ -14,10 +14,10 @@ use tracing::{debug, info};
 
 use crate::latency::Latency;
 use crate::layers::{choose, Layer, LayerStatus, Timeline};
+use crate::media_out::{self, MediaOut};
 use crate::peer::{apply_ice, Control, PeerIo};
 use crate::rtp_out;
 use crate::srtp::{self, Keys};
-use crate::video_out::VideoOut;
 use crate::{SessionId, Sfu};
 
 /// How often the layer choice is revisited.
@@ -44,8 +44,9 @@ pub(crate) struct Viewer {
     pub(crate) joined: Instant,
     /// The `Rtc` is in RTP mode: frames go out as shared payloads ([`rtp_out`]).
     pub(crate) rtp_mode: bool,
-    /// H.264 video may be sealed and sent by this task ([`VideoOut`]): RTP mode, one layer.
-    pub(crate) own_video: bool,
+    /// H.264 video and Opus audio may be sealed and sent by this task ([`MediaOut`]): RTP
+    /// mode, one layer.
+    pub(crate) own_media: bool,
     /// The session's SRTP keys, once DTLS has made them (AEAD profiles only).
     pub(crate) keys: Option<Keys>,
 }
@@ -60,7 +61,7 @@ struct Line {
     /// The rest of a frame being written in chunks (RTP mode).
     backlog: Option<rtp_out::Backlog>,
     /// This task seals and sends the line's video itself.
-    out: Option<VideoOut>,
+    out: Option<MediaOut>,
     frequency: Frequency,
     /// Name of the track being sent.
     name: String,
@@ -105,8 +106,10 @@ struct Counters {
     /// The publisher came back in a codec this RTP-mode session cannot packetize.
     codec_changed: bool,
     resend_buffer: ResendBuffer,
-    /// Video packets resent by this task ([`VideoOut`]), if it sends the video itself.
+    /// Video packets resent by this task ([`MediaOut`]), if it sends the video itself.
     sealed_here: Option<u64>,
+    /// The video frame awaiting its first packet is sent by this task, not str0m.
+    awaiting_here: bool,
 }
 
 /// Where a viewer's resend buffer is in being made anew after the join burst.
@@ -198,7 +201,17 @@ impl Viewer {
                         self.lock_status().preferred = preferred;
                         self.choose_layer(c, &mut video);
                     }
-                    Some(other) => { apply_ice(&mut self.rtc, &other); }
+                    Some(other) => {
+                        if matches!(other, Control::IceRestart { .. }) {
+                            // The media address may move: str0m's next packet tells.
+                            for line in [video.as_mut(), audio.as_mut()].into_iter().flatten() {
+                                if let Some(out) = line.out.as_mut() {
+                                    out.forget_destination();
+                                }
+                            }
+                        }
+                        apply_ice(&mut self.rtc, &other);
+                    }
                 },
                 _ = self.broadcast.closed() => {
                     self.rtc.disconnect();
@@ -256,19 +269,32 @@ impl Viewer {
             })?;
             match output {
                 Output::Transmit(t) => {
-                    if let Some(arrived) = c.awaiting_send.take() {
-                        c.latency.record(arrived.elapsed());
+                    if !c.awaiting_here {
+                        if let Some(arrived) = c.awaiting_send.take() {
+                            c.latency.record(arrived.elapsed());
+                        }
                     }
-                    if let Some(out) = video.as_mut().and_then(|l| l.out.as_mut()) {
-                        out.sent_to(&t.contents, t.destination);
+                    for line in [video.as_mut(), audio.as_mut()].into_iter().flatten() {
+                        if let Some(out) = line.out.as_mut() {
+                            out.sent_to(&t.contents, t.destination);
+                        }
                     }
                     self.io.send(&t).await;
                 }
                 Output::Timeout(deadline) => {
                     // After str0m's packets: the rest of a frame follows its first packet.
                     if let Some(out) = video.as_mut().and_then(|l| l.out.as_mut()) {
-                        out.send(&mut self.io.out).await;
+                        let started = out.send(&mut self.io.out).await;
                         c.sealed_here = Some(out.resent);
+                        if started && c.awaiting_here {
+                            c.awaiting_here = false;
+                            if let Some(arrived) = c.awaiting_send.take() {
+                                c.latency.record(arrived.elapsed());
+                            }
+                        }
+                    }
+                    if let Some(out) = audio.as_mut().and_then(|l| l.out.as_mut()) {
+                        out.send(&mut self.io.out).await;
                     }
                     self.io.flush().await;
                     return Ok(deadline);
@@ -413,13 +439,14 @@ impl Viewer {
         let Some(pt) = line.pt else { return };
         let ts = line.timeline.map(frame.timestamp, frame.arrived);
         let arrived = frame.arrived;
+        let mut here = false;
         let written = match line.codec {
             Some(codec) if self.rtp_mode && rtp_out::shareable(codec) => {
-                if codec == Codec::H264 {
-                    self.start_video_out(line, pt);
-                }
+                self.start_media_out(line, pt, codec);
                 if let Some(out) = line.out.as_mut() {
-                    out.write(&mut self.rtc, line.mid, pt, &mut line.numbering, frame, ts)
+                    let w = out.write(&mut self.rtc, line.mid, pt, &mut line.numbering, frame, ts);
+                    here = w == media_out::Written::Here;
+                    w != media_out::Written::Nothing
                 } else {
                     line.backlog = Some(rtp_out::Backlog {
                         frame,
@@ -448,28 +475,32 @@ impl Viewer {
         // not the server's added latency.
         if written && line.kind == MediaKind::Video && arrived >= self.joined {
             c.awaiting_send = Some(arrived);
+            c.awaiting_here = here;
             self.shrink_resends_after_join(c, line.mid, arrived);
         }
-        self.release_written();
+        if !here {
+            self.release_written();
+        }
     }
 
-    /// Lets this task seal and send the line's video, once DTLS has made the keys.
-    fn start_video_out(&mut self, line: &mut Line, pt: Pt) {
-        if !self.own_video || line.kind != MediaKind::Video || line.out.is_some() {
+    /// Lets this task seal and send the line's media, once DTLS has made the keys.
+    fn start_media_out(&mut self, line: &mut Line, pt: Pt, codec: Codec) {
+        if !self.own_media || line.out.is_some() || !matches!(codec, Codec::H264 | Codec::Opus) {
             return;
         }
         let Some(keys) = self.keys.as_ref() else {
             return;
         };
-        line.out = VideoOut::new(
+        line.out = MediaOut::new(
             &mut self.rtc,
             line.mid,
             pt,
+            codec,
             keys,
             crate::http::RESEND_MAX_PACKETS,
             crate::http::RESEND_WINDOW,
         );
-        debug!(sealed_here = line.out.is_some(), "video out");
+        debug!(kind = ?line.kind, sealed_here = line.out.is_some(), "media out");
     }
 
     /// The cached group replayed at join grows str0m's resend buffer to its cap, and it never

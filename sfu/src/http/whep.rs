@@ -120,7 +120,7 @@ pub(super) async fn offer(
         added,
         joined: Instant::now(),
         rtp_mode,
-        own_video: rtp_mode && !layered,
+        own_media: rtp_mode && !layered,
         keys: None,
     };
     tokio::spawn(viewer.run().instrument(span));

@@ -1,12 +1,13 @@
-//! Video a viewer's task seals and sends itself, past str0m's per-packet path: for H.264 in RTP
-//! mode, one layer (no bandwidth estimate), over an AEAD SRTP profile ([`crate::srtp`]).
+//! Media a viewer's task seals and sends itself, past str0m's per-packet path: H.264 video and
+//! Opus audio in RTP mode, one layer (no bandwidth estimate), over an AEAD SRTP profile
+//! ([`crate::srtp`]).
 //!
-//! str0m still sends each frame's first packet: its sender reports then map RTP time to
-//! wallclock (what a browser syncs audio to video with), and its media address is where the
-//! rest goes. The other packets are sealed here straight from the frame's shared payloads into
-//! the send batch: one copy, no per-packet record in str0m. What is sent is kept here as a
-//! small record (the payload is shared) for NACKs, which are read from the viewer's SRTCP and
-//! answered over RTX, as str0m would.
+//! Packets are sealed here straight from the frame's shared payloads into the send batch: one
+//! copy, no per-packet record in str0m. str0m still sends a frame's first packet every
+//! [`STR0M_EVERY`]: its sender reports then map RTP time to wallclock (what a browser syncs
+//! audio to video with; it extrapolates from the latest packet it sent), and its media address
+//! is where ours go. Sent video is kept here as a small record (the payload is shared) for
+//! NACKs, which are read from the viewer's SRTCP and answered over RTX, as str0m would.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media::Frame;
+use str0m::format::Codec;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::Rtc;
@@ -32,6 +34,8 @@ const MAX_RESENDS_PER_PACKET: u8 = 3;
 /// Header extensions copied from str0m's packet, at most (it writes a few bytes: the MID).
 const MAX_EXT: usize = 32;
 const HEADER_MAX: usize = 12 + MAX_EXT;
+/// How often str0m sends a frame's first packet.
+const STR0M_EVERY: Duration = Duration::from_millis(500);
 
 /// One packet kept for resends: ~48 bytes, its payload shared with the frame.
 struct Kept {
@@ -45,13 +49,24 @@ struct Kept {
     payload: Arc<[u8]>,
 }
 
-/// The rest of a frame to send after str0m's first packet.
+/// A frame to send here, from payload `from` on (1 when str0m sent the first).
 struct Pending {
     frame: Frame,
     time: u32,
     pt: u8,
-    /// Sequence number of payload 1.
-    first_seq: u64,
+    from: usize,
+    /// Sequence number of payload 0.
+    seq: u64,
+}
+
+/// What a write did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    Nothing,
+    /// All of the frame is to send here.
+    Here,
+    /// Its first packet went to str0m, to send at its next poll.
+    WithStr0m,
 }
 
 /// Retransmission stream (RFC 4588). This task numbers it alone: str0m sends on it only
@@ -63,7 +78,8 @@ struct Rtx {
     next: Numbering,
 }
 
-pub(crate) struct VideoOut {
+pub(crate) struct MediaOut {
+    codec: Codec,
     ssrc: u32,
     /// `None` without RTX: NACKs are not answered (as str0m does not without RTX).
     rtx: Option<Rtx>,
@@ -74,6 +90,8 @@ pub(crate) struct VideoOut {
     keep_for: Duration,
     pending: Option<Pending>,
     resends: VecDeque<u64>,
+    /// When str0m was last given a packet.
+    str0m_wrote: Option<Instant>,
     /// Where str0m sends this viewer's media.
     destination: Option<SocketAddr>,
     /// The header extensions str0m wrote on the latest first packet (the MID, until the
@@ -85,16 +103,17 @@ pub(crate) struct VideoOut {
     pub(crate) resent: u64,
 }
 
-impl VideoOut {
-    /// The sender for the video line `mid` sent with `pt`, if str0m knows its stream.
+impl MediaOut {
+    /// The sender for the line `mid` sent with `pt` in `codec`, if str0m knows its stream.
     pub(crate) fn new(
         rtc: &mut Rtc,
         mid: Mid,
         pt: Pt,
+        codec: Codec,
         keys: &Keys,
         keep_packets: usize,
         keep_for: Duration,
-    ) -> Option<VideoOut> {
+    ) -> Option<MediaOut> {
         let rtx_pt = crate::http::negotiated(rtc, mid)
             .iter()
             .find(|p| p.pt() == pt)
@@ -109,7 +128,8 @@ impl VideoOut {
             }),
             _ => None,
         };
-        Some(VideoOut {
+        Some(MediaOut {
+            codec,
             ssrc: *stream.ssrc(),
             rtx,
             sealer: keys.rtp_sealer(),
@@ -119,6 +139,7 @@ impl VideoOut {
             keep_for,
             pending: None,
             resends: VecDeque::new(),
+            str0m_wrote: None,
             destination: None,
             ext: [0; MAX_EXT],
             ext_len: 0,
@@ -126,8 +147,8 @@ impl VideoOut {
         })
     }
 
-    /// Writes `frame`: its first packet to str0m (sent at the next poll), the rest kept to
-    /// send after it ([`VideoOut::send`]). Whether anything was written.
+    /// Writes `frame`: all of it to send here ([`MediaOut::send`]), or, every [`STR0M_EVERY`],
+    /// its first packet to str0m (sent at its next poll) and the rest here after it.
     pub(crate) fn write(
         &mut self,
         rtc: &mut Rtc,
@@ -136,46 +157,66 @@ impl VideoOut {
         numbering: &mut Numbering,
         frame: Frame,
         time: u64,
-    ) -> bool {
-        let Some(payloads) = rtp_out::payloads(str0m::format::Codec::H264, &frame) else {
-            return false;
+    ) -> Written {
+        let Some(payloads) = rtp_out::payloads(self.codec, &frame) else {
+            return Written::Nothing;
         };
         let Some(first) = payloads.first() else {
-            return false;
+            return Written::Nothing;
         };
-        let mut api = rtc.direct_api();
-        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
-            return false;
-        };
+        let video = self.codec != Codec::Opus;
         let time = time as u32;
         let count = payloads.len() as u64;
-        let seq = numbering.take(count);
         let now = Instant::now();
-        // Not nackable: str0m keeps no record of it, and never resends on the RTX stream.
-        stream.write_rtp(
-            RtpWrite::new(pt, SeqNo::from(seq), time, frame.arrived, Arc::clone(first))
-                .marker(count == 1),
-        );
-        for (i, payload) in payloads.iter().enumerate() {
-            self.keep(Kept {
-                seq: seq + i as u64,
-                time,
-                marker: i + 1 == payloads.len(),
-                queued: false,
-                resends: 0,
-                at: now,
-                payload: Arc::clone(payload),
-            });
+        let str0m_due = self.destination.is_none()
+            || self
+                .str0m_wrote
+                .is_none_or(|at| now.duration_since(at) >= STR0M_EVERY);
+        let seq;
+        let from = if str0m_due {
+            let mut api = rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+                return Written::Nothing;
+            };
+            seq = numbering.take(count);
+            // Not nackable: str0m keeps no record of it, and never resends on the RTX stream.
+            stream.write_rtp(
+                RtpWrite::new(pt, SeqNo::from(seq), time, frame.arrived, Arc::clone(first))
+                    .marker(video && count == 1),
+            );
+            self.str0m_wrote = Some(now);
+            1
+        } else {
+            seq = numbering.take(count);
+            0
+        };
+        if video {
+            for (i, payload) in payloads.iter().enumerate() {
+                self.keep(Kept {
+                    seq: seq + i as u64,
+                    time,
+                    marker: i + 1 == payloads.len(),
+                    queued: false,
+                    resends: 0,
+                    at: now,
+                    payload: Arc::clone(payload),
+                });
+            }
         }
-        if count > 1 {
+        if from < payloads.len() {
             self.pending = Some(Pending {
                 frame,
                 time,
                 pt: *pt,
-                first_seq: seq + 1,
+                from,
+                seq,
             });
         }
-        true
+        if str0m_due {
+            Written::WithStr0m
+        } else {
+            Written::Here
+        }
     }
 
     fn keep(&mut self, packet: Kept) {
@@ -212,6 +253,12 @@ impl VideoOut {
         }
     }
 
+    /// The media address may change (ICE restart): str0m sends the next frame's first packet,
+    /// and its address is ours from then on.
+    pub(crate) fn forget_destination(&mut self) {
+        self.destination = None;
+    }
+
     /// A header for this stream's packets: version 2, the extensions str0m wrote.
     fn header(&self, pt: u8, marker: bool, seq: u16, time: u32) -> ([u8; HEADER_MAX], usize) {
         let mut h = [0u8; HEADER_MAX];
@@ -223,19 +270,24 @@ impl VideoOut {
         (h, 12 + self.ext_len)
     }
 
-    /// Sends what is waiting: the rest of the latest frame, then resends asked for.
-    pub(crate) async fn send(&mut self, out: &mut Batch) {
+    /// Sends what is waiting: the latest frame (or its rest), then resends asked for. Whether a
+    /// frame's first packet went out here.
+    pub(crate) async fn send(&mut self, out: &mut Batch) -> bool {
         let Some(destination) = self.destination else {
             self.pending = None;
             self.clear_resends();
-            return;
+            return false;
         };
+        let mut started = false;
         if let Some(p) = self.pending.take() {
-            if let Some(payloads) = rtp_out::payloads(str0m::format::Codec::H264, &p.frame) {
+            if let Some(payloads) = rtp_out::payloads(self.codec, &p.frame) {
+                let video = self.codec != Codec::Opus;
                 let last = payloads.len().saturating_sub(1);
-                for (i, payload) in payloads.iter().enumerate().skip(1) {
-                    let seq = p.first_seq + (i as u64 - 1);
-                    let (header, len) = self.header(p.pt, i == last, seq as u16, p.time);
+                started = p.from == 0 && !payloads.is_empty();
+                for (i, payload) in payloads.iter().enumerate().skip(p.from) {
+                    let seq = p.seq + i as u64;
+                    let marker = video && i == last;
+                    let (header, len) = self.header(p.pt, marker, seq as u16, p.time);
                     let (sealer, ssrc) = (&mut self.sealer, self.ssrc);
                     out.push_with(destination, len + payload.len() + TAG_LEN, |buf| {
                         sealer.seal(&header[..len], ssrc, seq, payload, buf)
@@ -247,6 +299,7 @@ impl VideoOut {
         while let Some(seq) = self.resends.pop_front() {
             self.resend(seq, destination, out).await;
         }
+        started
     }
 
     fn clear_resends(&mut self) {
