@@ -36,6 +36,9 @@ const MAX_EXT: usize = 32;
 const HEADER_MAX: usize = 12 + MAX_EXT;
 /// How often str0m sends a frame's first packet.
 const STR0M_EVERY: Duration = Duration::from_millis(500);
+/// After an ICE restart str0m sends every frame's first packet for this long: the address
+/// it sends to moves to the newly nominated path, and ours follows at each of its packets.
+const STR0M_AFTER_RESTART: Duration = Duration::from_secs(5);
 
 /// One packet kept for resends: ~48 bytes, its payload shared with the frame.
 struct Kept {
@@ -61,7 +64,7 @@ struct Pending {
 
 /// What a write did.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Written {
+pub(crate) enum Wrote {
     Nothing,
     /// All of the frame is to send here.
     Here,
@@ -92,6 +95,8 @@ pub(crate) struct MediaOut {
     resends: VecDeque<u64>,
     /// When str0m was last given a packet.
     str0m_wrote: Option<Instant>,
+    /// str0m gets every frame's first packet until then (after an ICE restart).
+    str0m_until: Option<Instant>,
     /// Where str0m sends this viewer's media.
     destination: Option<SocketAddr>,
     /// The header extensions str0m wrote on the latest first packet (the MID, until the
@@ -140,6 +145,7 @@ impl MediaOut {
             pending: None,
             resends: VecDeque::new(),
             str0m_wrote: None,
+            str0m_until: None,
             destination: None,
             ext: [0; MAX_EXT],
             ext_len: 0,
@@ -147,28 +153,31 @@ impl MediaOut {
         })
     }
 
-    /// Writes `frame`: all of it to send here ([`MediaOut::send`]), or, every [`STR0M_EVERY`],
-    /// its first packet to str0m (sent at its next poll) and the rest here after it.
+    /// Writes `frame` at RTP time `time`: all of it to send here ([`MediaOut::send`]), or,
+    /// every [`STR0M_EVERY`] and whenever `to_str0m` (the timeline was rebased), its first
+    /// packet to str0m (sent at its next poll) and the rest here after it.
     pub(crate) fn write(
         &mut self,
         rtc: &mut Rtc,
         mid: Mid,
         pt: Pt,
         numbering: &mut Numbering,
-        frame: Frame,
-        time: u64,
-    ) -> Written {
+        (frame, time): (Frame, u64),
+        to_str0m: bool,
+    ) -> Wrote {
         let Some(payloads) = rtp_out::payloads(self.codec, &frame) else {
-            return Written::Nothing;
+            return Wrote::Nothing;
         };
         let Some(first) = payloads.first() else {
-            return Written::Nothing;
+            return Wrote::Nothing;
         };
         let video = self.codec != Codec::Opus;
         let time = time as u32;
         let count = payloads.len() as u64;
         let now = Instant::now();
-        let str0m_due = self.destination.is_none()
+        let str0m_due = to_str0m
+            || self.destination.is_none()
+            || self.str0m_until.is_some_and(|until| now < until)
             || self
                 .str0m_wrote
                 .is_none_or(|at| now.duration_since(at) >= STR0M_EVERY);
@@ -176,7 +185,7 @@ impl MediaOut {
         let from = if str0m_due {
             let mut api = rtc.direct_api();
             let Some(stream) = api.stream_tx_by_mid(mid, None) else {
-                return Written::Nothing;
+                return Wrote::Nothing;
             };
             seq = numbering.take(count);
             // Not nackable: str0m keeps no record of it, and never resends on the RTX stream.
@@ -213,9 +222,9 @@ impl MediaOut {
             });
         }
         if str0m_due {
-            Written::WithStr0m
+            Wrote::WithStr0m
         } else {
-            Written::Here
+            Wrote::Here
         }
     }
 
@@ -253,10 +262,11 @@ impl MediaOut {
         }
     }
 
-    /// The media address may change (ICE restart): str0m sends the next frame's first packet,
-    /// and its address is ours from then on.
+    /// The media address may change (ICE restart): for a while str0m sends every frame's
+    /// first packet, and its address is ours.
     pub(crate) fn forget_destination(&mut self) {
         self.destination = None;
+        self.str0m_until = Some(Instant::now() + STR0M_AFTER_RESTART);
     }
 
     /// A header for this stream's packets: version 2, the extensions str0m wrote.

@@ -22,8 +22,8 @@ pub(crate) fn shareable(codec: Codec) -> bool {
     matches!(codec, Codec::H264 | Codec::Opus)
 }
 
-/// A frame's RTP payloads, in order.
-struct Payloads(Vec<Arc<[u8]>>);
+/// A frame's RTP payloads in a codec, in order.
+struct Payloads(Codec, Vec<Arc<[u8]>>);
 
 fn packetize(codec: Codec, data: &[u8]) -> Payloads {
     let packets = match codec {
@@ -34,6 +34,7 @@ fn packetize(codec: Codec, data: &[u8]) -> Payloads {
         _ => Ok(Vec::new()),
     };
     Payloads(
+        codec,
         packets
             .unwrap_or_default()
             .into_iter()
@@ -65,12 +66,14 @@ impl Numbering {
     }
 }
 
-/// The frame's payloads in `codec`, packetized by the first viewer that asks.
+/// The frame's payloads in `codec`, packetized by the first viewer that asks (`None` if they
+/// were made in another codec: a track has one codec, so this is a bug, not a viewer's doing).
 pub(crate) fn payloads(codec: Codec, frame: &Frame) -> Option<&[Arc<[u8]>]> {
     frame
         .derived
         .get_or_init(|| packetize(codec, &frame.payload))
-        .map(|p| p.0.as_slice())
+        .filter(|p| p.0 == codec)
+        .map(|p| p.1.as_slice())
 }
 
 /// Packets written into str0m at a time. str0m queues what it is given until it is polled, and
@@ -109,10 +112,7 @@ pub(crate) fn write(
         rtp_time,
         next: from,
     } = todo;
-    let Some(Payloads(payloads)) = frame
-        .derived
-        .get_or_init(|| packetize(codec, &frame.payload))
-    else {
+    let Some(payloads) = payloads(codec, &frame) else {
         return Written::Nothing;
     };
     let mut api = rtc.direct_api();
@@ -169,15 +169,19 @@ mod tests {
             .derived
             .get_or_init(|| packetize(Codec::H264, &frame.payload))
             .expect("payloads");
-        assert!(first.0.len() >= 5, "{} payloads", first.0.len());
-        assert!(first.0.iter().all(|p| p.len() <= PAYLOAD_MTU));
+        assert!(first.1.len() >= 5, "{} payloads", first.1.len());
+        assert!(first.1.iter().all(|p| p.len() <= PAYLOAD_MTU));
         // The first payload aggregates the parameter sets (STAP-A, type 24).
-        assert_eq!(first.0[0][0] & 0x1f, 24);
+        assert_eq!(first.1[0][0] & 0x1f, 24);
 
         let again = clone
             .derived
-            .get_or_init(|| Payloads(Vec::new()))
+            .get_or_init(|| Payloads(Codec::H264, Vec::new()))
             .expect("payloads");
-        assert!(Arc::ptr_eq(&first.0[1], &again.0[1]), "shared, not redone");
+        assert!(Arc::ptr_eq(&first.1[1], &again.1[1]), "shared, not redone");
+        assert!(
+            payloads(Codec::Opus, &clone).is_none(),
+            "made in another codec"
+        );
     }
 }

@@ -60,8 +60,11 @@ struct Line {
     numbering: rtp_out::Numbering,
     /// The rest of a frame being written in chunks (RTP mode).
     backlog: Option<rtp_out::Backlog>,
-    /// This task seals and sends the line's video itself.
+    /// This task seals and sends the line's media itself.
     out: Option<MediaOut>,
+    /// The timeline is rebased at the next frame: str0m gets that frame's first packet, so its
+    /// sender reports follow the new mapping at once.
+    rebased: bool,
     frequency: Frequency,
     /// Name of the track being sent.
     name: String,
@@ -74,6 +77,12 @@ struct Line {
 }
 
 impl Line {
+    /// The frames come from another source (or restart at a cached group): a new timeline.
+    fn source_changed(&mut self) {
+        self.timeline.source_changed();
+        self.rebased = true;
+    }
+
     /// Keeps what is left of a chunked write; whether anything was written.
     fn keep(&mut self, written: rtp_out::Written) -> bool {
         match written {
@@ -203,7 +212,7 @@ impl Viewer {
                     }
                     Some(other) => {
                         if matches!(other, Control::IceRestart { .. }) {
-                            // The media address may move: str0m's next packet tells.
+                            // The media address may move: str0m's packets tell.
                             for line in [video.as_mut(), audio.as_mut()].into_iter().flatten() {
                                 if let Some(out) = line.out.as_mut() {
                                     out.forget_destination();
@@ -354,6 +363,7 @@ impl Viewer {
             numbering: rtp_out::Numbering::new(),
             backlog: None,
             out: None,
+            rebased: false,
             frequency,
             name,
             current: None,
@@ -395,7 +405,7 @@ impl Viewer {
         line.name = track.name().to_owned();
         line.current = Some(track);
         line.pending = None;
-        line.timeline.source_changed();
+        line.source_changed();
     }
 
     fn on_line_event(&mut self, c: &mut Counters, line: &mut Option<Line>, event: LineEvent) {
@@ -407,7 +417,7 @@ impl Viewer {
                     debug!(from = %l.name, to = next.name(), "layer switched");
                     l.name = next.name().to_owned();
                     l.current = Some(next);
-                    l.timeline.source_changed();
+                    l.source_changed();
                     let mut status = self.lock_status();
                     status.current = Some(l.name.clone());
                     status.pending = None;
@@ -444,9 +454,17 @@ impl Viewer {
             Some(codec) if self.rtp_mode && rtp_out::shareable(codec) => {
                 self.start_media_out(line, pt, codec);
                 if let Some(out) = line.out.as_mut() {
-                    let w = out.write(&mut self.rtc, line.mid, pt, &mut line.numbering, frame, ts);
-                    here = w == media_out::Written::Here;
-                    w != media_out::Written::Nothing
+                    let to_str0m = std::mem::take(&mut line.rebased);
+                    let wrote = out.write(
+                        &mut self.rtc,
+                        line.mid,
+                        pt,
+                        &mut line.numbering,
+                        (frame, ts),
+                        to_str0m,
+                    );
+                    here = wrote == media_out::Wrote::Here;
+                    wrote != media_out::Wrote::Nothing
                 } else {
                     line.backlog = Some(rtp_out::Backlog {
                         frame,
@@ -642,7 +660,7 @@ fn answer_keyframe_request(line: &mut Line) {
     if recent || !track.request_keyframe() {
         debug!("keyframe request answered from cache");
         track.restart_at_latest_group();
-        line.timeline.source_changed();
+        line.source_changed();
     } else {
         debug!("keyframe request passed to the publisher");
     }
