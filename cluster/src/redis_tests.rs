@@ -175,12 +175,23 @@ async fn a_routing_table_sees_silent_nodes_expire_and_rereads_after_a_lost_subsc
         .await
         .expect("config set");
     let b = registry(&redis, "rt:").await;
-    let flags: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(&mut conn)
-        .await
-        .expect("config get");
+    // The registry asks from its event task, just after it connects: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let flags = loop {
+        let flags: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut conn)
+            .await
+            .expect("config get");
+        let announced = flags
+            .get(1)
+            .is_some_and(|f| f.contains('E') && f.contains('x'));
+        if announced || Instant::now() > deadline {
+            break flags;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         flags[1].contains('E') && flags[1].contains('x'),
         "expiries announced: {flags:?}"
