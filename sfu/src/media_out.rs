@@ -40,16 +40,80 @@ const STR0M_EVERY: Duration = Duration::from_millis(500);
 /// it sends to moves to the newly nominated path, and ours follows at each of its packets.
 const STR0M_AFTER_RESTART: Duration = Duration::from_secs(5);
 
-/// One packet kept for resends: ~48 bytes, its payload shared with the frame.
+/// One packet kept for resends: 32 bytes, its payload shared with the frame. Its sequence
+/// number is its place in the queue (numbers are consecutive).
 struct Kept {
-    seq: u64,
+    payload: Arc<[u8]>,
     time: u32,
+    /// When it was sent: milliseconds since the sender was made.
+    at: u32,
     marker: bool,
     /// In the resend queue now.
     queued: bool,
     resends: u8,
-    at: Instant,
-    payload: Arc<[u8]>,
+}
+
+/// Sent video kept for resends: consecutive sequence numbers from `front`, bounded in count
+/// and age.
+struct Store {
+    kept: VecDeque<Kept>,
+    /// Sequence number of the first kept packet.
+    front: u64,
+    /// What `Kept::at` counts from.
+    epoch: Instant,
+    max_packets: usize,
+    max_age_ms: u32,
+}
+
+impl Store {
+    fn new(max_packets: usize, max_age: Duration) -> Store {
+        Store {
+            kept: VecDeque::new(),
+            front: 0,
+            epoch: Instant::now(),
+            max_packets,
+            max_age_ms: u32::try_from(max_age.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn millis(&self, now: Instant) -> u32 {
+        u32::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// Keeps packet `seq`; a number that does not follow the last kept starts the store anew.
+    fn keep(&mut self, seq: u64, packet: Kept) {
+        if seq != self.front + self.kept.len() as u64 {
+            self.kept.clear();
+            self.front = seq;
+        }
+        while self.kept.len() >= self.max_packets
+            || self
+                .kept
+                .front()
+                .is_some_and(|k| packet.at.saturating_sub(k.at) > self.max_age_ms)
+        {
+            self.kept.pop_front();
+            self.front += 1;
+        }
+        self.kept.push_back(packet);
+    }
+
+    /// The packet numbered `seq`, while it is kept and young enough to resend at `now`.
+    fn get_mut(&mut self, seq: u64, now: Instant) -> Option<&mut Kept> {
+        let now = self.millis(now);
+        let index = usize::try_from(seq.checked_sub(self.front)?).ok()?;
+        let max_age = self.max_age_ms;
+        self.kept
+            .get_mut(index)
+            .filter(|k| now.saturating_sub(k.at) <= max_age)
+    }
+
+    /// The latest sequence number kept.
+    fn latest(&self) -> Option<u64> {
+        (self.front + self.kept.len() as u64)
+            .checked_sub(1)
+            .filter(|_| !self.kept.is_empty())
+    }
 }
 
 /// A frame to send here, from payload `from` on (1 when str0m sent the first).
@@ -88,9 +152,7 @@ pub(crate) struct MediaOut {
     rtx: Option<Rtx>,
     sealer: Sealer,
     opener: Opener,
-    kept: VecDeque<Kept>,
-    keep_packets: usize,
-    keep_for: Duration,
+    store: Store,
     pending: Option<Pending>,
     resends: VecDeque<u64>,
     /// When str0m was last given a packet.
@@ -139,9 +201,7 @@ impl MediaOut {
             rtx,
             sealer: keys.rtp_sealer(),
             opener: keys.rtcp_opener(),
-            kept: VecDeque::new(),
-            keep_packets,
-            keep_for,
+            store: Store::new(keep_packets, keep_for),
             pending: None,
             resends: VecDeque::new(),
             str0m_wrote: None,
@@ -200,16 +260,19 @@ impl MediaOut {
             0
         };
         if video {
+            let at = self.store.millis(now);
             for (i, payload) in payloads.iter().enumerate() {
-                self.keep(Kept {
-                    seq: seq + i as u64,
-                    time,
-                    marker: i + 1 == payloads.len(),
-                    queued: false,
-                    resends: 0,
-                    at: now,
-                    payload: Arc::clone(payload),
-                });
+                self.store.keep(
+                    seq + i as u64,
+                    Kept {
+                        payload: Arc::clone(payload),
+                        time,
+                        at,
+                        marker: i + 1 == payloads.len(),
+                        queued: false,
+                        resends: 0,
+                    },
+                );
             }
         }
         if from < payloads.len() {
@@ -228,23 +291,10 @@ impl MediaOut {
         }
     }
 
-    fn keep(&mut self, packet: Kept) {
-        while self.kept.len() >= self.keep_packets
-            || self
-                .kept
-                .front()
-                .is_some_and(|k| packet.at.duration_since(k.at) > self.keep_for)
-        {
-            self.kept.pop_front();
-        }
-        self.kept.push_back(packet);
-    }
-
-    /// The kept packet numbered `seq`.
-    fn kept_mut(&mut self, seq: u64) -> Option<&mut Kept> {
-        let front = self.kept.front()?.seq;
-        let index = usize::try_from(seq.checked_sub(front)?).ok()?;
-        self.kept.get_mut(index).filter(|k| k.seq == seq)
+    /// The join burst (the cached group) is past: the queue gives back the room it took, to
+    /// grow only as far as live video needs.
+    pub(crate) fn joined(&mut self) {
+        self.store.kept.shrink_to_fit();
     }
 
     /// Notes a datagram str0m sent: media goes to the same address, and the first packet of a
@@ -314,7 +364,7 @@ impl MediaOut {
 
     fn clear_resends(&mut self) {
         while let Some(seq) = self.resends.pop_front() {
-            if let Some(k) = self.kept_mut(seq) {
+            if let Some(k) = self.store.get_mut(seq, Instant::now()) {
                 k.queued = false;
             }
         }
@@ -323,14 +373,10 @@ impl MediaOut {
     /// Resends a kept packet over RTX (RFC 4588: the original sequence number, then the
     /// original payload, on the RTX stream's own numbers).
     async fn resend(&mut self, seq: u64, destination: SocketAddr, out: &mut Batch) {
-        let keep_for = self.keep_for;
-        let Some(kept) = self.kept_mut(seq) else {
+        let Some(kept) = self.store.get_mut(seq, Instant::now()) else {
             return;
         };
         kept.queued = false;
-        if kept.at.elapsed() > keep_for {
-            return;
-        }
         kept.resends += 1;
         let (time, marker) = (kept.time, kept.marker);
         let mut payload = Vec::with_capacity(2 + kept.payload.len());
@@ -358,15 +404,16 @@ impl MediaOut {
         let Some(rtcp) = self.opener.open(datagram) else {
             return false;
         };
-        let Some(latest) = self.kept.back().map(|k| k.seq) else {
+        let Some(latest) = self.store.latest() else {
             return false;
         };
+        let now = Instant::now();
         let mut queued = 0;
         for lost in nacked(&rtcp, self.ssrc) {
             let Some(seq) = extend(latest, lost) else {
                 continue;
             };
-            let Some(kept) = self.kept_mut(seq) else {
+            let Some(kept) = self.store.get_mut(seq, now) else {
                 continue;
             };
             if kept.queued || kept.resends >= MAX_RESENDS_PER_PACKET {
@@ -467,6 +514,45 @@ fn nacked(mut rtcp: &[u8], ssrc: u32) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn packet(store: &Store, at: Instant) -> Kept {
+        Kept {
+            payload: Arc::from(&[1u8, 2, 3][..]),
+            time: 0,
+            at: store.millis(at),
+            marker: false,
+            queued: false,
+            resends: 0,
+        }
+    }
+
+    #[test]
+    fn the_store_keeps_the_latest_packets_in_count_and_age() {
+        let start = Instant::now();
+        let mut store = Store::new(4, Duration::from_millis(500));
+        assert_eq!(std::mem::size_of::<Kept>(), 32);
+        assert_eq!(store.latest(), None);
+        for seq in 100..106 {
+            let p = packet(&store, start);
+            store.keep(seq, p);
+        }
+        // At most 4: 102..=105.
+        assert_eq!(store.latest(), Some(105));
+        assert!(store.get_mut(101, start).is_none());
+        assert!(store.get_mut(102, start).is_some());
+        assert!(store.get_mut(106, start).is_none());
+        // Too old to resend, and pushed out by a younger packet.
+        let later = start + Duration::from_millis(600);
+        assert!(store.get_mut(105, later).is_none());
+        let p = packet(&store, later);
+        store.keep(106, p);
+        assert_eq!((store.front, store.kept.len()), (106, 1));
+        // A gap in the numbers starts the store anew.
+        let p = packet(&store, later);
+        store.keep(200, p);
+        assert_eq!((store.front, store.latest()), (200, Some(200)));
+        assert!(store.get_mut(106, later).is_none());
+    }
 
     #[test]
     fn a_nack_names_its_pid_and_the_bits_after_it() {

@@ -494,7 +494,7 @@ impl Viewer {
         if written && line.kind == MediaKind::Video && arrived >= self.joined {
             c.awaiting_send = Some(arrived);
             c.awaiting_here = here;
-            self.shrink_resends_after_join(c, line.mid, arrived);
+            self.shrink_resends_after_join(c, line, arrived);
         }
         if !here {
             self.release_written();
@@ -521,16 +521,20 @@ impl Viewer {
         debug!(kind = ?line.kind, sealed_here = line.out.is_some(), "media out");
     }
 
-    /// The cached group replayed at join grows str0m's resend buffer to its cap, and it never
-    /// shrinks. A while after the first live frame those packets are past the resend window,
-    /// so the buffer is made anew, to grow only as far as live video needs.
-    fn shrink_resends_after_join(&mut self, c: &mut Counters, mid: Mid, arrived: Instant) {
+    /// The cached group replayed at join grows str0m's resend buffer (or ours, [`MediaOut`]) to
+    /// its cap, and it never shrinks. A while after the first live frame those packets are past
+    /// the resend window, so the buffer is made anew, to grow only as far as live video needs.
+    fn shrink_resends_after_join(&mut self, c: &mut Counters, line: &mut Line, arrived: Instant) {
         match c.resend_buffer {
             ResendBuffer::Joining => {
                 c.resend_buffer = ResendBuffer::RenewAt(arrived + RESEND_SHRINK_AFTER);
             }
             ResendBuffer::RenewAt(at) if arrived >= at => {
+                let mid = line.mid;
                 crate::http::keep_for_resends(&mut self.rtc, &[(mid, MediaKind::Video)], false);
+                if let Some(out) = line.out.as_mut() {
+                    out.joined();
+                }
                 c.resend_buffer = ResendBuffer::Renewed;
             }
             ResendBuffer::RenewAt(_) | ResendBuffer::Renewed => {}
