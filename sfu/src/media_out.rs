@@ -95,6 +95,11 @@ impl Store {
             self.kept.pop_front();
             self.front += 1;
         }
+        if self.kept.len() == self.kept.capacity() {
+            // Grow by a quarter, not double: live video needs about as much as it kept so far.
+            let room = (self.kept.len() / 4).clamp(16, self.max_packets.max(16));
+            self.kept.reserve_exact(room);
+        }
         self.kept.push_back(packet);
     }
 
