@@ -115,9 +115,8 @@ impl Store {
 
     /// The latest sequence number kept.
     fn latest(&self) -> Option<u64> {
-        (self.front + self.kept.len() as u64)
-            .checked_sub(1)
-            .filter(|_| !self.kept.is_empty())
+        let len = self.kept.len() as u64;
+        (len > 0).then(|| self.front + len - 1)
     }
 }
 
@@ -246,24 +245,23 @@ impl MediaOut {
             || self
                 .str0m_wrote
                 .is_none_or(|at| now.duration_since(at) >= STR0M_EVERY);
-        let seq;
-        let from = if str0m_due {
+        let seq = if str0m_due {
             let mut api = rtc.direct_api();
             let Some(stream) = api.stream_tx_by_mid(mid, None) else {
                 return Wrote::Nothing;
             };
-            seq = numbering.take(count);
+            let seq = numbering.take(count);
             // Not nackable: str0m keeps no record of it, and never resends on the RTX stream.
             stream.write_rtp(
                 RtpWrite::new(pt, SeqNo::from(seq), time, frame.arrived, Arc::clone(first))
                     .marker(video && count == 1),
             );
             self.str0m_wrote = Some(now);
-            1
+            seq
         } else {
-            seq = numbering.take(count);
-            0
+            numbering.take(count)
         };
+        let from = usize::from(str0m_due);
         if video {
             let at = self.store.millis(now);
             for (i, payload) in payloads.iter().enumerate() {

@@ -35,8 +35,6 @@ struct Master {
 /// The master keys of one DTLS-SRTP session (AEAD profiles): ours and the peer's.
 #[derive(Clone)]
 pub(crate) struct Keys {
-    /// AES-256 (else AES-128).
-    wide: bool,
     local: Master,
     remote: Master,
 }
@@ -44,7 +42,9 @@ pub(crate) struct Keys {
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key material itself.
-        f.debug_struct("Keys").field("wide", &self.wide).finish()
+        f.debug_struct("Keys")
+            .field("bits", &(self.local.key.len() * 8))
+            .finish()
     }
 }
 
@@ -52,9 +52,9 @@ impl Keys {
     /// From the exported keying material (RFC 5764 §4.2: client key, server key, client salt,
     /// server salt). `client`: we are the DTLS client. `None` for a profile not sealed here.
     pub(crate) fn new(material: &[u8], profile: SrtpProfile, client: bool) -> Option<Keys> {
-        let (wide, key_len) = match profile {
-            SrtpProfile::AEAD_AES_128_GCM => (false, 16),
-            SrtpProfile::AEAD_AES_256_GCM => (true, 32),
+        let key_len = match profile {
+            SrtpProfile::AEAD_AES_128_GCM => 16,
+            SrtpProfile::AEAD_AES_256_GCM => 32,
             _ => return None,
         };
         if material.len() != 2 * (key_len + SALT_LEN) {
@@ -78,27 +78,23 @@ impl Keys {
         } else {
             (server_side, client_side)
         };
-        Some(Keys {
-            wide,
-            local,
-            remote,
-        })
+        Some(Keys { local, remote })
     }
 
     /// Seals the RTP we send.
     pub(crate) fn rtp_sealer(&self) -> Sealer {
-        let (key, salt) = session(&self.local, self.wide, LABEL_RTP_KEY, LABEL_RTP_SALT);
+        let (key, salt) = session(&self.local, LABEL_RTP_KEY, LABEL_RTP_SALT);
         Sealer {
-            gcm: Gcm::new(self.wide, &key, true),
+            gcm: Gcm::new(&key, true),
             salt,
         }
     }
 
     /// Opens the SRTCP the peer sends.
     pub(crate) fn rtcp_opener(&self) -> Opener {
-        let (key, salt) = session(&self.remote, self.wide, LABEL_RTCP_KEY, LABEL_RTCP_SALT);
+        let (key, salt) = session(&self.remote, LABEL_RTCP_KEY, LABEL_RTCP_SALT);
         Opener {
-            gcm: Gcm::new(self.wide, &key, false),
+            gcm: Gcm::new(&key, false),
             salt,
             highest: Vec::new(),
         }
@@ -107,9 +103,9 @@ impl Keys {
     /// Seals SRTCP as `remote` would: only the tests play the peer.
     #[cfg(test)]
     fn peer_rtcp_sealer(&self) -> Sealer {
-        let (key, salt) = session(&self.remote, self.wide, LABEL_RTCP_KEY, LABEL_RTCP_SALT);
+        let (key, salt) = session(&self.remote, LABEL_RTCP_KEY, LABEL_RTCP_SALT);
         Sealer {
-            gcm: Gcm::new(self.wide, &key, true),
+            gcm: Gcm::new(&key, true),
             salt,
         }
     }
@@ -120,12 +116,11 @@ fn provider() -> &'static dyn SrtpProvider {
 }
 
 /// A session key and salt from a master key (RFC 3711 §4.3.1, key derivation rate 0).
-fn session(master: &Master, wide: bool, key_label: u8, salt_label: u8) -> (Vec<u8>, [u8; 12]) {
+fn session(master: &Master, key_label: u8, salt_label: u8) -> (Vec<u8>, [u8; 12]) {
     let mut key = vec![0; master.key.len()];
     derive(&master.key, &master.salt, key_label, &mut key);
     let mut salt = [0; SALT_LEN];
     derive(&master.key, &master.salt, salt_label, &mut salt);
-    debug_assert_eq!(key.len(), if wide { 32 } else { 16 });
     (key, salt)
 }
 
@@ -154,16 +149,15 @@ enum Gcm {
 }
 
 impl Gcm {
-    fn new(wide: bool, key: &[u8], encrypt: bool) -> Gcm {
-        let mut k32 = [0u8; 32];
-        let n = key.len().min(32);
-        k32[..n].copy_from_slice(&key[..n]);
-        if wide {
-            Gcm::Wide(provider().aead_aes_256_gcm().create_cipher(k32, encrypt))
-        } else {
-            let mut k16 = [0u8; 16];
-            k16.copy_from_slice(&k32[..16]);
-            Gcm::Narrow(provider().aead_aes_128_gcm().create_cipher(k16, encrypt))
+    /// A cipher for a 32-byte (AES-256) or 16-byte (AES-128) key; [`Keys::new`] makes no other.
+    fn new(key: &[u8], encrypt: bool) -> Gcm {
+        match <[u8; 32]>::try_from(key) {
+            Ok(k) => Gcm::Wide(provider().aead_aes_256_gcm().create_cipher(k, encrypt)),
+            Err(_) => {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(&key[..16]);
+                Gcm::Narrow(provider().aead_aes_128_gcm().create_cipher(k, encrypt))
+            }
         }
     }
 

@@ -228,10 +228,7 @@ impl Viewer {
                 }
                 datagram = self.io.datagrams.recv() => {
                     let Some(d) = datagram else { return "shut down" };
-                    let (received, keys) = srtp::collect(|| self.io.receive(&mut self.rtc, &d));
-                    if keys.is_some() {
-                        self.keys = keys;
-                    }
+                    let received = self.collecting_keys(|v| v.io.receive(&mut v.rtc, &d));
                     if let Err(reason) = received {
                         return reason;
                     }
@@ -247,18 +244,24 @@ impl Viewer {
                 }
                 _ = tick.tick(), if connected => self.choose_layer(c, &mut video),
                 _ = &mut timer => {
-                    let (timed, keys) = srtp::collect(|| {
-                        self.rtc.handle_input(Input::Timeout(Instant::now()))
+                    let timed = self.collecting_keys(|v| {
+                        v.rtc.handle_input(Input::Timeout(Instant::now()))
                     });
-                    if keys.is_some() {
-                        self.keys = keys;
-                    }
                     if timed.is_err() {
                         return "protocol error";
                     }
                 }
             }
         }
+    }
+
+    /// Calls into the `Rtc` (`f`), keeping the SRTP keys of a DTLS handshake completed inside.
+    fn collecting_keys<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let (out, keys) = srtp::collect(|| f(self));
+        if keys.is_some() {
+            self.keys = keys;
+        }
+        out
     }
 
     /// Sends what str0m has to send and handles its events; returns its next deadline.
