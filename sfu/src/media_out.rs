@@ -21,6 +21,7 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::Rtc;
 use tracing::debug;
 
+use crate::dtls::PeerFinished;
 use crate::egress::Batch;
 use crate::rtp_out::{self, Numbering};
 use crate::srtp::{Keys, Opener, Sealer, TAG_LEN};
@@ -156,6 +157,8 @@ pub(crate) struct MediaOut {
     rtx: Option<Rtx>,
     sealer: Sealer,
     opener: Opener,
+    /// Told at the first SRTCP that opens, then dropped.
+    peer_finished: Option<PeerFinished>,
     store: Store,
     pending: Option<Pending>,
     resends: VecDeque<u64>,
@@ -205,6 +208,7 @@ impl MediaOut {
             rtx,
             sealer: keys.rtp_sealer(),
             opener: keys.rtcp_opener(),
+            peer_finished: Some(keys.peer_finished.clone()),
             store: Store::new(keep_packets, keep_for),
             pending: None,
             resends: VecDeque::new(),
@@ -399,14 +403,21 @@ impl MediaOut {
     }
 
     /// Reads a datagram the viewer sent: if it is SRTCP carrying NACKs for our video, the
-    /// packets still kept are queued to resend. Whether any were.
+    /// packets still kept are queued to resend. Whether any were. The first SRTCP that opens
+    /// tells the DTLS session the viewer finished its handshake.
     pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> bool {
-        if self.rtx.is_none() || !is_rtcp(datagram) {
+        if (self.rtx.is_none() && self.peer_finished.is_none()) || !is_rtcp(datagram) {
             return false;
         }
         let Some(rtcp) = self.opener.open(datagram) else {
             return false;
         };
+        if let Some(peer_finished) = self.peer_finished.take() {
+            peer_finished.confirm();
+        }
+        if self.rtx.is_none() {
+            return false;
+        }
         let Some(latest) = self.store.latest() else {
             return false;
         };

@@ -13,6 +13,8 @@ use std::cell::RefCell;
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::crypto::{AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256GcmCipher, SrtpProvider};
 
+use crate::dtls::PeerFinished;
+
 /// The GCM authentication tag after the encrypted payload.
 pub(crate) const TAG_LEN: usize = 16;
 const SALT_LEN: usize = 12;
@@ -37,6 +39,8 @@ struct Master {
 pub(crate) struct Keys {
     local: Master,
     remote: Master,
+    /// The DTLS session's, told when the peer's SRTCP opens.
+    pub(crate) peer_finished: PeerFinished,
 }
 
 impl std::fmt::Debug for Keys {
@@ -78,7 +82,11 @@ impl Keys {
         } else {
             (server_side, client_side)
         };
-        Some(Keys { local, remote })
+        Some(Keys {
+            local,
+            remote,
+            peer_finished: PeerFinished::default(),
+        })
     }
 
     /// Seals the RTP we send.
@@ -306,10 +314,19 @@ pub(crate) fn collect<T>(f: impl FnOnce() -> T) -> (T, Option<Keys>) {
 }
 
 /// Called by the DTLS session when a handshake yields its keys; kept only inside [`collect`].
-pub(crate) fn offer(material: &[u8], profile: SrtpProfile, client: bool) {
+/// `peer_finished` is the session's, for whoever opens the peer's SRTCP with these keys.
+pub(crate) fn offer(
+    material: &[u8],
+    profile: SrtpProfile,
+    client: bool,
+    peer_finished: &PeerFinished,
+) {
     COLLECTED.with(|c| {
         if let Some(slot) = c.borrow_mut().as_mut() {
-            *slot = Keys::new(material, profile, client);
+            *slot = Keys::new(material, profile, client).map(|mut keys| {
+                keys.peer_finished = peer_finished.clone();
+                keys
+            });
         }
     });
 }
@@ -406,12 +423,21 @@ mod tests {
     #[test]
     fn keys_are_only_collected_inside_collect() {
         let material = material(16);
-        offer(&material, SrtpProfile::AEAD_AES_128_GCM, false);
+        let session = PeerFinished::default();
+        offer(&material, SrtpProfile::AEAD_AES_128_GCM, false, &session);
         let ((), keys) = collect(|| ());
         assert!(keys.is_none(), "an offer outside collect is dropped");
-        let ((), keys) = collect(|| offer(&material, SrtpProfile::AEAD_AES_128_GCM, false));
-        assert!(keys.is_some());
-        let ((), keys) = collect(|| offer(&material, SrtpProfile::AES128_CM_SHA1_80, false));
+        let ((), keys) =
+            collect(|| offer(&material, SrtpProfile::AEAD_AES_128_GCM, false, &session));
+        let keys = keys.expect("collected");
+        assert!(!session.is_confirmed());
+        keys.peer_finished.confirm();
+        assert!(
+            session.is_confirmed(),
+            "the keys tell the session they came from"
+        );
+        let ((), keys) =
+            collect(|| offer(&material, SrtpProfile::AES128_CM_SHA1_80, false, &session));
         assert!(keys.is_none(), "AES-CM is left to str0m");
     }
 }
