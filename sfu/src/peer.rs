@@ -31,10 +31,16 @@ pub(crate) enum Control {
     HangUp,
     /// `PATCH` with candidates (trickle ICE).
     Candidates(Vec<Candidate>),
-    /// `PATCH` with new credentials (ICE restart): the remote's and our new ones.
-    IceRestart { remote: IceCreds, local: IceCreds },
+    /// `PATCH` with new credentials (ICE restart): the remote's and our new ones. Boxed: the
+    /// queue's slots are as large as the largest message, and this one is rare.
+    IceRestart(Box<IceRestart>),
     /// A viewer's layer choice: a track name, or `None` for automatic.
     Layer(Option<String>),
+}
+
+pub(crate) struct IceRestart {
+    pub(crate) remote: IceCreds,
+    pub(crate) local: IceCreds,
 }
 
 /// What the SFU keeps about a running peer.
@@ -103,10 +109,10 @@ pub(crate) fn apply_ice(rtc: &mut Rtc, control: &Control) -> bool {
             }
             true
         }
-        Control::IceRestart { remote, local } => {
+        Control::IceRestart(restart) => {
             let mut api = rtc.direct_api();
-            api.set_remote_ice_credentials(remote.clone());
-            api.set_local_ice_credentials(local.clone());
+            api.set_remote_ice_credentials(restart.remote.clone());
+            api.set_local_ice_credentials(restart.local.clone());
             true
         }
         _ => false,

@@ -10,7 +10,7 @@ use str0m::IceCreds;
 use tokio::sync::mpsc;
 
 use super::{has_content_type, text};
-use crate::peer::{Control, PeerHandle};
+use crate::peer::{Control, IceRestart, PeerHandle};
 use crate::sdpfrag::{self, SdpFrag};
 use crate::{SessionId, Sfu};
 
@@ -89,10 +89,10 @@ pub(super) async fn patch(
             .collect();
         let body = sdpfrag::answer(&local, &candidates);
         let _ = control
-            .send(Control::IceRestart {
+            .send(Control::IceRestart(Box::new(IceRestart {
                 remote,
                 local: local.clone(),
-            })
+            })))
             .await;
         if !frag.candidates.is_empty() {
             let _ = control.send(Control::Candidates(frag.candidates)).await;
