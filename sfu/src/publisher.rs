@@ -47,12 +47,16 @@ struct Incoming {
 }
 
 impl Publisher {
-    pub(crate) async fn run(mut self) {
-        let started = Instant::now();
-        let mut incoming: HashMap<(Mid, Option<Rid>), Incoming> = HashMap::new();
-        let reason = self.drive(&mut incoming).await;
-        info!(reason, secs = started.elapsed().as_secs(), "publisher left");
-        self.sfu.remove_peer(self.id);
+    /// Not an `async fn`, which would keep `self` twice in its future (see the viewer's).
+    #[allow(clippy::manual_async_fn)] // rust-lang/rust#62958
+    pub(crate) fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let started = Instant::now();
+            let mut incoming: HashMap<(Mid, Option<Rid>), Incoming> = HashMap::new();
+            let reason = self.drive(&mut incoming).await;
+            info!(reason, secs = started.elapsed().as_secs(), "publisher left");
+            self.sfu.remove_peer(self.id);
+        }
     }
 
     async fn drive(

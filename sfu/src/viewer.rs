@@ -134,27 +134,32 @@ enum ResendBuffer {
 }
 
 impl Viewer {
-    pub(crate) async fn run(mut self) {
-        let started = Instant::now();
-        let mut counters = Counters::default();
-        let reason = self.drive(&mut counters).await;
-        let secs = started.elapsed().as_secs();
-        let switches = self.lock_status().switches;
-        let resent = counters.sealed_here;
-        match counters.latency.summary() {
-            Some((frames, p50, p99)) => info!(
-                reason,
-                secs,
-                switches,
-                resent,
-                frames,
-                p50_us = p50,
-                p99_us = p99,
-                "viewer left; server-added video latency"
-            ),
-            None => info!(reason, secs, switches, resent, "viewer left"),
+    /// The viewer's task. Not an `async fn`: one would keep `self` twice in its future (the
+    /// argument, then the binding it is moved to), 10 KiB more per viewer (`-Zprint-type-sizes`).
+    #[allow(clippy::manual_async_fn)] // rust-lang/rust#62958
+    pub(crate) fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let started = Instant::now();
+            let mut counters = Counters::default();
+            let reason = self.drive(&mut counters).await;
+            let secs = started.elapsed().as_secs();
+            let switches = self.lock_status().switches;
+            let resent = counters.sealed_here;
+            match counters.latency.summary() {
+                Some((frames, p50, p99)) => info!(
+                    reason,
+                    secs,
+                    switches,
+                    resent,
+                    frames,
+                    p50_us = p50,
+                    p99_us = p99,
+                    "viewer left; server-added video latency"
+                ),
+                None => info!(reason, secs, switches, resent, "viewer left"),
+            }
+            self.sfu.remove_peer(self.id);
         }
-        self.sfu.remove_peer(self.id);
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, LayerStatus> {
@@ -211,7 +216,7 @@ impl Viewer {
                         self.choose_layer(c, &mut video);
                     }
                     Some(other) => {
-                        if matches!(other, Control::IceRestart { .. }) {
+                        if matches!(other, Control::IceRestart(_)) {
                             // The media address may move: str0m's packets tell.
                             for line in [video.as_mut(), audio.as_mut()].into_iter().flatten() {
                                 if let Some(out) = line.out.as_mut() {
@@ -714,5 +719,20 @@ async fn line_event(line: &mut Option<Line>, broadcast: &BroadcastConsumer) -> L
             f = current.next_frame() => f.map_or(LineEvent::Ended, LineEvent::Frame),
             f = pending.next_frame() => f.map_or(LineEvent::PendingEnded, LineEvent::Switched),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each viewer's task is one allocation of this future: it must hold the `Viewer` (str0m's
+    /// `Rtc` is most of it) once, plus the loop's own state.
+    #[test]
+    fn a_viewer_task_holds_the_viewer_once() {
+        fn future_size<F: std::future::Future>(_: fn(super::Viewer) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let viewer = std::mem::size_of::<super::Viewer>();
+        let task = future_size(super::Viewer::run);
+        assert!(task < viewer + 6 * 1024, "viewer {viewer} B, task {task} B");
     }
 }
