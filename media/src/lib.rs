@@ -20,6 +20,7 @@ mod codec;
 mod frame;
 mod name;
 mod track;
+mod wakers;
 
 pub use broadcast::{BroadcastConsumer, BroadcastProducer};
 pub use bus::{Bus, BusConfig, BusError, LiveBroadcast, TrackInfo};

@@ -1,13 +1,15 @@
 //! A track: a bounded cache of groups with one producer and any number of consumers.
 
 use std::collections::VecDeque;
-use std::pin::pin;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use crate::wakers::{Waiter, Wakers};
 use crate::{Codec, Frame};
 
 /// How much of a track is kept. Memory per track is bounded by these, whatever the number or
@@ -65,7 +67,8 @@ struct Shared {
     name: String,
     limits: TrackLimits,
     state: Mutex<State>,
-    notify: Notify,
+    /// Consumers waiting for a frame: woken without a lock they would all share.
+    wakers: Wakers,
     /// Shared by every track of a broadcast: wakes the publisher when a keyframe is wanted.
     keyframe_notify: Arc<Notify>,
 }
@@ -102,7 +105,7 @@ impl TrackProducer {
             name: name.to_owned(),
             limits,
             state: Mutex::new(state),
-            notify: Notify::new(),
+            wakers: Wakers::default(),
             keyframe_notify,
         };
         Self {
@@ -118,7 +121,7 @@ impl TrackProducer {
     /// Sets or replaces the codec description (e.g. new SPS/PPS).
     pub fn set_codec(&self, codec: Codec) {
         self.shared.lock().codec = Some(codec);
-        self.shared.notify.notify_waiters();
+        self.shared.wakers.wake_all();
     }
 
     /// Appends a frame. A keyframe starts a new group; frames before the first keyframe are
@@ -144,7 +147,7 @@ impl TrackProducer {
         state.bytes += len;
         evict(&mut state, self.shared.limits);
         drop(state);
-        self.shared.notify.notify_waiters();
+        self.shared.wakers.wake_all();
     }
 
     /// A consumer that starts at the latest group.
@@ -184,7 +187,7 @@ impl TrackProducer {
 impl Drop for TrackProducer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
-        self.shared.notify.notify_waiters();
+        self.shared.wakers.wake_all();
     }
 }
 
@@ -220,6 +223,7 @@ pub struct TrackConsumer {
     shared: Arc<Shared>,
     /// `None`: start at the latest group on the next read.
     pos: Option<Position>,
+    waiter: Waiter,
     stats: TrackStats,
 }
 
@@ -240,9 +244,11 @@ impl TrackConsumer {
     fn new(shared: Arc<Shared>) -> Self {
         // Fix the starting point now, so frames written after subscribing are not skipped.
         let pos = shared.lock().groups.back().map(start_of_newest);
+        let waiter = shared.wakers.waiter();
         Self {
             shared,
             pos,
+            waiter,
             stats: TrackStats::default(),
         }
     }
@@ -338,16 +344,15 @@ impl TrackConsumer {
 
     /// The next frame, or `None` once the track has ended. Cancel-safe.
     pub async fn next_frame(&mut self) -> Option<Frame> {
-        let shared = self.shared.clone();
-        loop {
-            let mut notified = pin!(shared.notify.notified());
-            notified.as_mut().enable();
+        poll_fn(|cx| {
+            self.waiter.register(cx.waker());
             match self.try_next() {
-                Next::Frame(f) => return Some(f),
-                Next::Closed => return None,
-                Next::Pending => notified.await,
+                Next::Frame(f) => Poll::Ready(Some(f)),
+                Next::Closed => Poll::Ready(None),
+                Next::Pending => Poll::Pending,
             }
-        }
+        })
+        .await
     }
 
     /// The next frame if one is ready now; `Ok(None)` if not yet, `Err(())` once ended.
