@@ -1,13 +1,17 @@
 //! A broadcast: one channel's named tracks.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
 use crate::bus::BusShared;
+use crate::wakers::Wakers;
 use crate::{ChannelName, TrackConsumer, TrackLimits, TrackProducer};
 
 pub(crate) struct BroadcastShared {
@@ -17,6 +21,11 @@ pub(crate) struct BroadcastShared {
     grace: Duration,
     state: Mutex<BroadcastState>,
     notify: Notify,
+    /// A publisher is connected (`state` says the same): what a viewer's wait for the end
+    /// checks, every time its task wakes, without a lock.
+    publishing: AtomicBool,
+    /// Waiters for the end ([`BroadcastConsumer::closed`]), woken without a shared lock.
+    wakers: Wakers,
     /// Wakes the publisher when a consumer asks any of its tracks for a keyframe.
     keyframe_notify: Arc<Notify>,
 }
@@ -45,8 +54,16 @@ impl BroadcastShared {
                 ..BroadcastState::default()
             }),
             notify: Notify::new(),
+            publishing: AtomicBool::new(true),
+            wakers: Wakers::default(),
             keyframe_notify: Arc::new(Notify::new()),
         }
+    }
+
+    /// Tells every waiter that the state changed.
+    fn changed(&self) {
+        self.notify.notify_waiters();
+        self.wakers.wake_all();
     }
 
     /// Ended: its publisher left and the grace period is over (or there is none).
@@ -76,8 +93,9 @@ impl BroadcastShared {
         state.generation += 1;
         state.tracks.clear();
         state.notice = None;
+        self.publishing.store(true, Ordering::Release);
         drop(state);
-        self.notify.notify_waiters();
+        self.changed();
         true
     }
 
@@ -139,7 +157,7 @@ impl BroadcastProducer {
             .lock()
             .tracks
             .insert(name.to_owned(), producer.consume());
-        self.shared.notify.notify_waiters();
+        self.shared.changed();
         producer
     }
 
@@ -178,8 +196,9 @@ impl Drop for BroadcastProducer {
             state.left_at = Some(Instant::now());
         }
         let closed = state.closed;
+        self.shared.publishing.store(false, Ordering::Release);
         drop(state);
-        self.shared.notify.notify_waiters();
+        self.shared.changed();
         if closed {
             if let Some(bus) = self.bus.upgrade() {
                 bus.remove(&self.shared);
@@ -235,9 +254,22 @@ impl BroadcastConsumer {
         self.shared.lock().generation
     }
 
-    /// Resolves when the broadcast is over (see [`BroadcastConsumer::is_closed`]).
+    /// Resolves when the broadcast is over (see [`BroadcastConsumer::is_closed`]). While
+    /// a publisher is connected, polling it takes no lock: a viewer may poll it at every wake.
     pub async fn closed(&self) {
+        let waiter = self.shared.wakers.waiter();
         loop {
+            poll_fn(|cx| {
+                waiter.register(cx.waker());
+                if self.shared.publishing.load(Ordering::Acquire) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            // The publisher left: over at once, or when the grace period runs out unless it
+            // comes back.
             let mut notified = pin!(self.shared.notify.notified());
             notified.as_mut().enable();
             if self.is_closed() {
@@ -291,5 +323,40 @@ impl BroadcastConsumer {
             }
             None => notified.await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    #[test]
+    fn waiting_for_the_end_while_live_takes_no_lock() {
+        let name = ChannelName::new("t").expect("name");
+        let shared = Arc::new(BroadcastShared::new(name, Duration::ZERO));
+        let consumer = BroadcastConsumer::new(shared.clone());
+        // The state stays locked while another thread polls the wait: one that needed the
+        // lock would time out here.
+        let held = shared.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut ended = pin!(consumer.closed());
+                let waker = futures::task::noop_waker();
+                let mut cx = Context::from_waker(&waker);
+                let polls: Vec<_> = (0..3).map(|_| ended.as_mut().poll(&mut cx)).collect();
+                let _ = tx.send(polls.iter().all(Poll::is_pending));
+            });
+            let got = rx.recv_timeout(Duration::from_secs(5));
+            drop(held);
+            assert_eq!(
+                got,
+                Ok(true),
+                "polled without the lock, and pending while live"
+            );
+        });
     }
 }

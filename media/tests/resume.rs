@@ -139,3 +139,37 @@ fn without_grace_the_name_is_freed_at_once() {
     assert!(bus.live().is_empty());
     assert_eq!(bus.publish(name()).unwrap().generation(), 1);
 }
+
+/// A viewer makes its wait for the end once and polls it at every wake: it must stay pending
+/// while the publisher is live or comes back within the grace, and end when the grace runs out.
+#[tokio::test]
+async fn a_wait_for_the_end_made_while_live_sees_a_resume_and_then_the_end() {
+    let bus = Bus::with_config(BusConfig {
+        reconnect_grace_secs: 1,
+        ..BusConfig::default()
+    });
+    let first = bus.publish(name()).unwrap();
+    let viewer = bus.subscribe(&name()).unwrap();
+    let ended = viewer.closed();
+    tokio::pin!(ended);
+    let pending = |d| tokio::time::timeout(Duration::from_millis(d), std::future::pending::<()>());
+    tokio::select! {
+        _ = &mut ended => panic!("ended while live"),
+        _ = pending(100) => {}
+    }
+    drop(first);
+    tokio::select! {
+        _ = &mut ended => panic!("ended within the grace"),
+        _ = pending(300) => {}
+    }
+    let second = bus.publish(name()).unwrap();
+    tokio::select! {
+        _ = &mut ended => panic!("ended after the publisher came back"),
+        _ = pending(1500) => {}
+    }
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(5), &mut ended)
+        .await
+        .expect("ends when the grace runs out");
+    assert!(viewer.is_closed());
+}

@@ -179,6 +179,10 @@ impl Viewer {
         // One timer for str0m's deadlines, moved rather than made anew on every wake.
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
+        // Made once: while the publisher is connected, polling it at every wake takes no lock.
+        let broadcast = self.broadcast.clone();
+        let ended = broadcast.closed();
+        tokio::pin!(ended);
         loop {
             let deadline = match self.poll(c, &mut video, &mut audio).await {
                 Ok(deadline) => deadline,
@@ -227,7 +231,7 @@ impl Viewer {
                         apply_ice(&mut self.rtc, &other);
                     }
                 },
-                _ = self.broadcast.closed() => {
+                _ = &mut ended => {
                     self.rtc.disconnect();
                     return "stream ended";
                 }
