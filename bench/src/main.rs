@@ -7,7 +7,7 @@
 //! ```text
 //! starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] [--seconds 15]
 //!                [--server-bin target/release/starling] [--server-cpu 0] [--threads 1]
-//!                [--full-every 10] [--gro true]
+//!                [--full-every 10] [--gro true] [--warmup-secs 3 GOPs + 1]
 //!                [--server http://127.0.0.1:8080 --server-pid PID]
 //! ```
 
@@ -48,7 +48,15 @@ pub struct Args {
     gro: bool,
     server: Option<String>,
     server_pid: Option<u32>,
+    /// Publishing before viewers join, so the server's group cache is full before memory is
+    /// first sampled (it holds 3 groups), and not charged to the viewers.
+    warmup_secs: Option<u64>,
 }
+
+const USAGE: &str = "starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] \
+[--seconds 15] [--server-bin target/release/starling] [--server-cpu 0] [--threads 1] \
+[--full-every 10] [--gro true] [--warmup-secs N (default 3 GOPs + 1)] \
+[--server http://127.0.0.1:8080 --server-pid PID]";
 
 fn parse() -> Result<Args> {
     let mut args = Args {
@@ -63,9 +71,14 @@ fn parse() -> Result<Args> {
         gro: true,
         server: None,
         server_pid: None,
+        warmup_secs: None,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = argv
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
@@ -83,12 +96,18 @@ fn parse() -> Result<Args> {
             "--gro" => args.gro = value.parse()?,
             "--server" => args.server = Some(value),
             "--server-pid" => args.server_pid = Some(value.parse()?),
-            other => bail!("unknown flag {other}"),
+            "--warmup-secs" => args.warmup_secs = Some(value.parse()?),
+            other => bail!("unknown flag {other}\nusage: {USAGE}"),
         }
     }
-    if args.viewers.iter().any(|&n| n == 0 || n > MAX_VIEWERS) || args.seconds > MAX_SECONDS {
-        bail!("viewers must be 1..={MAX_VIEWERS} and seconds at most {MAX_SECONDS}");
+    let warmup = args.warmup_secs.unwrap_or(3 * u64::from(args.gop_secs) + 1);
+    if args.viewers.iter().any(|&n| n == 0 || n > MAX_VIEWERS)
+        || args.seconds > MAX_SECONDS
+        || warmup > MAX_SECONDS
+    {
+        bail!("viewers must be 1..={MAX_VIEWERS}, seconds and warm-up at most {MAX_SECONDS}");
     }
+    args.warmup_secs = Some(warmup);
     Ok(args)
 }
 
@@ -129,14 +148,15 @@ async fn run(args: Args) -> Result<()> {
                 found
             }
         };
-        let until = Instant::now() + Duration::from_secs(run_secs(n, args.seconds) + 5);
+        let warmup = args.warmup_secs.unwrap_or(2);
+        let until = Instant::now() + Duration::from_secs(warmup + run_secs(n, args.seconds) + 5);
         let publisher = tokio::spawn(publisher::run(
             format!("{base}/whip/bench"),
             units.clone(),
             FPS,
             until,
         ));
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(warmup)).await;
         let row = one_run(&base, &pid, log.as_deref(), n, &args).await?;
         println!("{row}");
         publisher.abort();

@@ -1,0 +1,54 @@
+//! The load generator end to end: a few viewers of a real server (the debug build that
+//! `scripts/test` makes), and the table row it prints for them.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn a_few_viewers_join_a_real_server_and_the_row_counts_them_all_with_no_loss() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_starling-bench"));
+    let server = bench.with_file_name("starling");
+    assert!(
+        server.exists(),
+        "{} is missing: build it first (cargo build --workspace --bins)",
+        server.display()
+    );
+    let out = Command::new(bench)
+        .args(["--viewers", "4", "--seconds", "2", "--warmup-secs", "2"])
+        .args([
+            "--bitrate-kbps",
+            "1000",
+            "--gop-secs",
+            "1",
+            "--full-every",
+            "2",
+        ])
+        .args(["--server-cpu", "none", "--server-bin"])
+        .arg(&server)
+        .output()
+        .expect("starling-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 4 |"))
+        .unwrap_or_else(|| panic!("no row for 4 viewers in:\n{stdout}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // | viewers | connected | join | loss | late | e2e | server-added | CPU | memory | generator |
+    assert_eq!(cells[2], "4", "all connected: {row}");
+    let loss: f64 = cells[4]
+        .split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("loss in {row}"));
+    assert!(loss < 1.0, "{row}");
+    assert!(
+        cells[3].ends_with("ms") && cells[9].ends_with("KiB"),
+        "{row}"
+    );
+    assert!(!row.contains("first errors"), "{row}");
+}
