@@ -90,6 +90,12 @@ async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<
     );
     assert_eq!(num(&later, "video.frameWidth"), 640.0);
     assert!(later["state"] == "live");
+    // A few seconds in, well before the 16 s an unconfirmed session keeps it: the browser's
+    // SRTCP showed it finished its handshake, and the session let OpenSSL's state go.
+    assert!(
+        server.log().contains("OpenSSL's state let go"),
+        "DTLS state kept after the viewer's SRTCP"
+    );
     let (_, metrics) = server.get("/metrics")?;
     assert!(metrics.contains("starling_viewers 1\n"), "{metrics}");
     assert!(metrics.contains("starling_live_channels 1\n"), "{metrics}");
