@@ -50,7 +50,7 @@ pub struct Args {
     server_pid: Option<u32>,
     /// Publishing before viewers join, so the server's group cache is full before memory is
     /// first sampled (it holds 3 groups), and not charged to the viewers.
-    warmup_secs: Option<u64>,
+    warmup_secs: u64,
 }
 
 const USAGE: &str = "starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] \
@@ -71,8 +71,9 @@ fn parse() -> Result<Args> {
         gro: true,
         server: None,
         server_pid: None,
-        warmup_secs: None,
+        warmup_secs: 0,
     };
+    let mut warmup = None;
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
         if flag == "--help" || flag == "-h" {
@@ -96,18 +97,17 @@ fn parse() -> Result<Args> {
             "--gro" => args.gro = value.parse()?,
             "--server" => args.server = Some(value),
             "--server-pid" => args.server_pid = Some(value.parse()?),
-            "--warmup-secs" => args.warmup_secs = Some(value.parse()?),
+            "--warmup-secs" => warmup = Some(value.parse()?),
             other => bail!("unknown flag {other}\nusage: {USAGE}"),
         }
     }
-    let warmup = args.warmup_secs.unwrap_or(3 * u64::from(args.gop_secs) + 1);
+    args.warmup_secs = warmup.unwrap_or(3 * u64::from(args.gop_secs) + 1);
     if args.viewers.iter().any(|&n| n == 0 || n > MAX_VIEWERS)
         || args.seconds > MAX_SECONDS
-        || warmup > MAX_SECONDS
+        || args.warmup_secs > MAX_SECONDS
     {
         bail!("viewers must be 1..={MAX_VIEWERS}, seconds and warm-up at most {MAX_SECONDS}");
     }
-    args.warmup_secs = Some(warmup);
     Ok(args)
 }
 
@@ -148,7 +148,7 @@ async fn run(args: Args) -> Result<()> {
                 found
             }
         };
-        let warmup = args.warmup_secs.unwrap_or(2);
+        let warmup = args.warmup_secs;
         let until = Instant::now() + Duration::from_secs(warmup + run_secs(n, args.seconds) + 5);
         let publisher = tokio::spawn(publisher::run(
             format!("{base}/whip/bench"),

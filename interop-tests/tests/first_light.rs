@@ -90,11 +90,17 @@ async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<
     );
     assert_eq!(num(&later, "video.frameWidth"), 640.0);
     assert!(later["state"] == "live");
-    // A few seconds in, well before the 16 s an unconfirmed session keeps it: the browser's
-    // SRTCP showed it finished its handshake, and the session let OpenSSL's state go.
+    // Well before the 16 s an unconfirmed session keeps it: the browser's SRTCP showed it
+    // finished its handshake, and the session let OpenSSL's state go.
+    let log = server.log();
+    let at = |what: &str| log.lines().find(|l| l.contains(what)).and_then(logged_at);
+    let (connected, let_go) = (at("viewer connected"), at("OpenSSL's state let go"));
+    let after = connected
+        .zip(let_go)
+        .map(|(c, g)| (g - c).rem_euclid(86_400.0));
     assert!(
-        server.log().contains("OpenSSL's state let go"),
-        "DTLS state kept after the viewer's SRTCP"
+        after.is_some_and(|s| s < 8.0),
+        "DTLS state let go {after:?} s after the viewer connected"
     );
     let (_, metrics) = server.get("/metrics")?;
     assert!(metrics.contains("starling_viewers 1\n"), "{metrics}");
@@ -202,4 +208,11 @@ fn bframes_publisher_gets_a_clear_notice() -> Result<()> {
         }))
     })?;
     Ok(())
+}
+
+/// Seconds since midnight (UTC) of a server log line: `2026-11-25T01:02:03.456789Z  INFO ...`.
+fn logged_at(line: &str) -> Option<f64> {
+    let mut fields = line.get(11..26)?.split(':');
+    let (h, m, s) = (fields.next()?, fields.next()?, fields.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }

@@ -241,11 +241,13 @@ impl Session {
     }
 }
 
-/// Told by whoever opens the peer's SRTP or SRTCP that it could: the peer has the keys, so it
-/// got our last flight and will not ask for it again, and the session can let OpenSSL's state
-/// go at once instead of after [`RETIRE_AFTER`]. With viewers joining in bursts, that state
-/// (~70 KiB each) held for 16 s was most of the server's memory peak, and the holes it left
-/// most of the gap between the live heap and the RSS.
+/// Told by the viewer task when the peer's SRTCP opens with the session's keys (for viewers
+/// whose video it seals, [`crate::media_out`]): the peer has finished its handshake, so it got
+/// our last flight and will not ask for it again, and the session lets OpenSSL's state go at
+/// once instead of after [`RETIRE_AFTER`]. With viewers joining in bursts, that state (~70 KiB
+/// each) held for 16 s was most of the server's memory peak, and the holes it left most of the
+/// gap between the live heap and the RSS. As after [`RETIRE_AFTER`], a close alert the peer
+/// sends later is dropped: its session ends by WHEP `DELETE` or when ICE sees it gone.
 #[derive(Clone, Default)]
 pub(crate) struct PeerFinished(Arc<AtomicBool>);
 
