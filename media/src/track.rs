@@ -55,6 +55,9 @@ struct State {
     groups: VecDeque<Group>,
     bytes: usize,
     next_seq: u64,
+    /// The group evicted last and how many frames it had: a consumer that had read all of it
+    /// goes on to the next group without counting a skip.
+    evicted: Option<(u64, usize)>,
     closed: bool,
     codec: Option<Codec>,
     /// A consumer asked for a fresh keyframe; the producer has not taken the request yet.
@@ -96,6 +99,7 @@ impl TrackProducer {
             groups: VecDeque::new(),
             bytes: 0,
             next_seq: 0,
+            evicted: None,
             closed: false,
             codec: None,
             keyframe_wanted: false,
@@ -197,6 +201,7 @@ fn evict(state: &mut State, limits: TrackLimits) {
     {
         if let Some(old) = state.groups.pop_front() {
             state.bytes -= old.frames.iter().map(|f| f.payload.len()).sum::<usize>();
+            state.evicted = Some((old.seq, old.dropped + old.frames.len()));
         }
     }
     // One group alone over budget (a publisher that never sends keyframes): drop its oldest
@@ -388,9 +393,14 @@ impl TrackConsumer {
                 };
             }
             if pos.seq < front_seq {
-                // Our group was evicted: we fell behind. Skip to the newest.
-                self.stats.groups_skipped += newest_seq - pos.seq;
-                pos = start_of_newest(newest);
+                if pos.seq + 1 == front_seq && state.evicted == Some((pos.seq, pos.index)) {
+                    // Evicted after we read all of it: on as from a finished group.
+                    pos = after_group(pos, newest, &mut self.stats);
+                } else {
+                    // Evicted before we read it all: we fell behind. Skip to the newest.
+                    self.stats.groups_skipped += newest_seq - pos.seq;
+                    pos = start_of_newest(newest);
+                }
                 continue;
             }
             let group = &state.groups[(pos.seq - front_seq) as usize];
@@ -419,17 +429,21 @@ impl TrackConsumer {
                     Next::Pending
                 };
             }
-            // This group is done. Go to the next one, or straight to the newest if more than
-            // one group behind, so a slow consumer catches up with live.
-            if newest_seq > pos.seq + 1 {
-                self.stats.groups_skipped += newest_seq - pos.seq - 1;
-                pos = start_of_newest(newest);
-            } else {
-                pos = Position {
-                    seq: pos.seq + 1,
-                    index: 0,
-                };
-            }
+            pos = after_group(pos, newest, &mut self.stats);
+        }
+    }
+}
+
+/// Where a consumer goes when it has read all of its group: to the next one, or straight to
+/// the newest if more than one group behind, so a slow consumer catches up with live.
+fn after_group(pos: Position, newest: &Group, stats: &mut TrackStats) -> Position {
+    if newest.seq > pos.seq + 1 {
+        stats.groups_skipped += newest.seq - pos.seq - 1;
+        start_of_newest(newest)
+    } else {
+        Position {
+            seq: pos.seq + 1,
+            index: 0,
         }
     }
 }

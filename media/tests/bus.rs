@@ -72,6 +72,28 @@ fn one_group_behind_reads_on_without_skipping() {
 }
 
 #[test]
+fn a_group_read_to_its_end_and_then_evicted_is_not_counted_as_skipped() {
+    // One group kept: a keyframe evicts the group the consumer has just read to its end.
+    let (_b, t) = track(TrackLimits {
+        max_groups: 1,
+        ..TrackLimits::default()
+    });
+    t.write(frame(0, true, 1));
+    let mut c = t.consume();
+    t.write(frame(1, false, 1));
+    assert_eq!(c.try_next_frame().unwrap().map(|f| f.timestamp), Some(0));
+    assert_eq!(c.try_next_frame().unwrap().map(|f| f.timestamp), Some(1));
+    t.write(frame(2, true, 1));
+    assert_eq!(c.try_next_frame().unwrap().map(|f| f.timestamp), Some(2));
+    assert_eq!(c.stats().groups_skipped, 0);
+    // Read only part of a group before it goes: that is a skip.
+    t.write(frame(3, false, 1));
+    t.write(frame(4, true, 1));
+    assert_eq!(c.try_next_frame().unwrap().map(|f| f.timestamp), Some(4));
+    assert_eq!(c.stats().groups_skipped, 1);
+}
+
+#[test]
 fn restart_goes_back_to_latest_keyframe() {
     let (_b, t) = track(TrackLimits::default());
     for ts in 0..6 {
