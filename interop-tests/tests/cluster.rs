@@ -110,8 +110,14 @@ mod redis {
         }
     }
 
-    fn free_port() -> Result<u16> {
-        Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    /// Two different free ports: both are held until both are known (two ports picked one
+    /// after the other can be the same, and then the bundle fetch reached Redis).
+    fn two_free_ports() -> Result<(u16, u16)> {
+        let (a, b) = (
+            TcpListener::bind("127.0.0.1:0")?,
+            TcpListener::bind("127.0.0.1:0")?,
+        );
+        Ok((a.local_addr()?.port(), b.local_addr()?.port()))
     }
 
     fn wait_listening(port: u16) -> Result<()> {
@@ -157,7 +163,7 @@ mod redis {
         fn start() -> Result<Self> {
             let dir =
                 std::env::temp_dir().join(format!("starling-cluster-it-{}", std::process::id()));
-            let (redis_port, bundle_port) = (free_port()?, free_port()?);
+            let (redis_port, bundle_port) = two_free_ports()?;
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
             let ok = Command::new(root.join("../deploy/redis-tls-certs"))
                 .arg(&dir)
@@ -168,7 +174,7 @@ mod redis {
             ensure!(ok, "deploy/redis-tls-certs failed");
             let redis = redis_server(&dir)?;
             // The bundle server reuses Redis's certificate (its name is 127.0.0.1 too).
-            let bundle = Killed(
+            let mut bundle = Killed(
                 Command::new("python3")
                     .arg(root.join("bundle_server.py"))
                     .arg(bundle_port.to_string())
@@ -182,6 +188,11 @@ mod redis {
             );
             wait_listening(redis_port)?;
             wait_listening(bundle_port)?;
+            // Listening on its port, and not something else there after it failed to bind.
+            ensure!(
+                bundle.0.try_wait()?.is_none(),
+                "the bundle server exited at start"
+            );
             Ok(Self {
                 dir,
                 redis_port,
