@@ -2,14 +2,7 @@
 //! uses a running one, publishes a synthetic H.264 stream over WHIP, joins N str0m viewers, and
 //! prints one markdown table row per N: viewers connected, join time, loss, late frames,
 //! end-to-end latency, and the server's CPU and memory from /proc. Loopback only; every run is
-//! bounded in time.
-//!
-//! ```text
-//! starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] [--seconds 15]
-//!                [--server-bin target/release/starling] [--server-cpu 0] [--threads 1]
-//!                [--full-every 10] [--gro true] [--warmup-secs 3 GOPs + 1]
-//!                [--server http://127.0.0.1:8080 --server-pid PID]
-//! ```
+//! bounded in time. `starling-bench --help` lists the flags ([`USAGE`]).
 
 mod h264;
 mod http;

@@ -25,11 +25,11 @@ pub fn starling_bin() -> PathBuf {
     target.join("debug/starling")
 }
 
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free tcp port")
+/// `N` different free TCP ports: all are held until all are known, since a port picked by
+/// binding and releasing can come back at the next pick.
+pub fn free_tcp_ports<const N: usize>() -> [u16; N] {
+    let held = [(); N].map(|_| TcpListener::bind("127.0.0.1:0").expect("free tcp port"));
+    held.map(|l| l.local_addr().expect("bound address").port())
 }
 
 fn free_udp() -> u16 {
@@ -85,10 +85,11 @@ impl Server {
             "{} is missing: run `cargo build` first (scripts/test does)",
             bin.display()
         );
-        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
-        let rtmp: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
+        let [http, rtmp, ftl] = free_tcp_ports::<3>();
+        let http: SocketAddr = format!("127.0.0.1:{http}").parse()?;
+        let rtmp: SocketAddr = format!("127.0.0.1:{rtmp}").parse()?;
         let srt: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
-        let ftl: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse()?;
+        let ftl: SocketAddr = format!("127.0.0.1:{ftl}").parse()?;
         let webrtc: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let mut cmd = Command::new(&bin);
         cmd.args([
@@ -177,6 +178,14 @@ impl Server {
     pub fn kill_now(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The value of the field `key=` in a log line, if it has one.
+    pub fn log_field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))?
+            .parse()
+            .ok()
     }
 
     /// Everything the server printed so far.
@@ -471,7 +480,7 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a fresh Chromium.
     pub async fn start() -> Result<Self> {
-        let port = free_tcp();
+        let [port] = free_tcp_ports::<1>();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -92,7 +92,7 @@ fn a_malformed_node_id_or_a_missing_registry_is_refused_with_the_reason() -> Res
 }
 
 mod redis {
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
@@ -108,16 +108,6 @@ mod redis {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
-    }
-
-    /// Two different free ports: both are held until both are known (two ports picked one
-    /// after the other can be the same, and then the bundle fetch reached Redis).
-    fn two_free_ports() -> Result<(u16, u16)> {
-        let (a, b) = (
-            TcpListener::bind("127.0.0.1:0")?,
-            TcpListener::bind("127.0.0.1:0")?,
-        );
-        Ok((a.local_addr()?.port(), b.local_addr()?.port()))
     }
 
     fn wait_listening(port: u16) -> Result<()> {
@@ -163,7 +153,8 @@ mod redis {
         fn start() -> Result<Self> {
             let dir =
                 std::env::temp_dir().join(format!("starling-cluster-it-{}", std::process::id()));
-            let (redis_port, bundle_port) = two_free_ports()?;
+            // Two different ports (with the same one twice, the bundle fetch reached Redis).
+            let [redis_port, bundle_port] = interop_tests::free_tcp_ports::<2>();
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
             let ok = Command::new(root.join("../deploy/redis-tls-certs"))
                 .arg(&dir)

@@ -243,11 +243,7 @@ mod refusals {
             .lines()
             .find(|l| l.contains("srt publisher left"))
             .unwrap_or_default();
-        let read: u64 = left
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("ts_packets="))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let read: u64 = Server::log_field(left, "ts_packets").unwrap_or(0);
         ensure!(read >= 700, "the noise was read ({read} packets): {left}");
         // The node still serves: a real publisher goes live afterwards.
         let _ffmpeg = Ffmpeg::push_srt(

@@ -462,19 +462,11 @@ async fn a_lossy_viewer_gets_lost_packets_back_by_nack_and_rtx() -> Result<()> {
         .log()
         .lines()
         .filter(|l| l.contains("NACK answered"))
-        .filter_map(|l| {
-            l.split("packets=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
+        .filter_map(|l| Server::log_field::<f64>(l, "packets"))
         .sum();
     ensure!(
         resent_by_server >= resent,
         "the server's own sender resent {resent_by_server} packets, the browser got {resent}"
     );
-    viewer.close().await?;
-    Ok(())
+    viewer.close().await
 }

@@ -21,8 +21,8 @@ pub(crate) struct BroadcastShared {
     grace: Duration,
     state: Mutex<BroadcastState>,
     notify: Notify,
-    /// A publisher is connected (`state` says the same): what a viewer's wait for the end
-    /// checks, every time its task wakes, without a lock.
+    /// A publisher is connected: what a viewer's wait for the end checks, every time its task
+    /// wakes, without a lock. Written under `state`'s lock.
     publishing: AtomicBool,
     /// Waiters for the end ([`BroadcastConsumer::closed`]), woken without a shared lock.
     wakers: Wakers,
@@ -60,12 +60,6 @@ impl BroadcastShared {
         }
     }
 
-    /// Tells every waiter that the state changed.
-    fn changed(&self) {
-        self.notify.notify_waiters();
-        self.wakers.wake_all();
-    }
-
     /// Ended: its publisher left and the grace period is over (or there is none).
     pub(crate) fn is_closed(&self) -> bool {
         let state = self.lock();
@@ -78,8 +72,7 @@ impl BroadcastShared {
 
     /// True while a publisher is connected.
     pub(crate) fn is_publishing(&self) -> bool {
-        let state = self.lock();
-        !state.closed && state.left_at.is_none()
+        self.publishing.load(Ordering::Acquire)
     }
 
     /// A new publisher takes over a broadcast whose publisher left within the grace period.
@@ -95,7 +88,7 @@ impl BroadcastShared {
         state.notice = None;
         self.publishing.store(true, Ordering::Release);
         drop(state);
-        self.changed();
+        self.notify.notify_waiters();
         true
     }
 
@@ -157,7 +150,7 @@ impl BroadcastProducer {
             .lock()
             .tracks
             .insert(name.to_owned(), producer.consume());
-        self.shared.changed();
+        self.shared.notify.notify_waiters();
         producer
     }
 
@@ -198,7 +191,9 @@ impl Drop for BroadcastProducer {
         let closed = state.closed;
         self.shared.publishing.store(false, Ordering::Release);
         drop(state);
-        self.shared.changed();
+        self.shared.notify.notify_waiters();
+        // Only the publisher leaving ends a wait for the end while it is live.
+        self.shared.wakers.wake_all();
         if closed {
             if let Some(bus) = self.bus.upgrade() {
                 bus.remove(&self.shared);
@@ -261,7 +256,7 @@ impl BroadcastConsumer {
         loop {
             poll_fn(|cx| {
                 waiter.register(cx.waker());
-                if self.shared.publishing.load(Ordering::Acquire) {
+                if self.shared.is_publishing() {
                     Poll::Pending
                 } else {
                     Poll::Ready(())
@@ -345,8 +340,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let mut ended = pin!(consumer.closed());
-                let waker = futures::task::noop_waker();
-                let mut cx = Context::from_waker(&waker);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
                 let polls: Vec<_> = (0..3).map(|_| ended.as_mut().poll(&mut cx)).collect();
                 let _ = tx.send(polls.iter().all(Poll::is_pending));
             });

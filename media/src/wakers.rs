@@ -2,9 +2,10 @@
 //!
 //! tokio's `Notify` keeps its waiters in a list behind one mutex, which every waiter takes
 //! each time its future is polled while pending, so the viewers of a track would all take one
-//! lock for every frame. Here a waiter is registered once (when its consumer is made) and
-//! waits by storing its waker in its own [`AtomicWaker`]; the list's lock is taken by the
-//! producer to wake everyone, and by a waiter only to come and go.
+//! lock for every frame. Here a waiter is registered once (when its track consumer, or its
+//! wait for a broadcast's end, is made) and waits by storing its waker in its own
+//! [`AtomicWaker`]; the list's lock is taken by the producer to wake everyone, and by a waiter
+//! only to come and go.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use media::{Bus, BusConfig, BusError, ChannelName, Frame, TrackLimits};
+use media::{
+    BroadcastConsumer, BroadcastProducer, Bus, BusConfig, BusError, ChannelName, Frame, TrackLimits,
+};
 
 fn frame(ts: u64, keyframe: bool, len: usize, arrived: Instant) -> Frame {
     Frame::new(ts, keyframe, Bytes::from(vec![0u8; len]), arrived)
@@ -110,14 +112,20 @@ async fn publisher_back_within_grace_resumes_the_broadcast() {
     assert!(bus.live()[0].publishing);
 }
 
-#[tokio::test]
-async fn broadcast_ends_when_the_grace_period_runs_out() {
+/// A bus with a reconnect grace, a publisher on it, and a viewer of it.
+fn live(grace_secs: u64) -> (Bus, BroadcastProducer, BroadcastConsumer) {
     let bus = Bus::with_config(BusConfig {
-        reconnect_grace_secs: 1,
+        reconnect_grace_secs: grace_secs,
         ..BusConfig::default()
     });
-    let first = bus.publish(name()).unwrap();
+    let publisher = bus.publish(name()).unwrap();
     let viewer = bus.subscribe(&name()).unwrap();
+    (bus, publisher, viewer)
+}
+
+#[tokio::test]
+async fn broadcast_ends_when_the_grace_period_runs_out() {
+    let (_bus, first, viewer) = live(1);
     drop(first);
     let waited = tokio::time::timeout(Duration::from_secs(5), viewer.live_track("video")).await;
     assert!(
@@ -128,12 +136,7 @@ async fn broadcast_ends_when_the_grace_period_runs_out() {
 
 #[test]
 fn without_grace_the_name_is_freed_at_once() {
-    let bus = Bus::with_config(BusConfig {
-        reconnect_grace_secs: 0,
-        ..BusConfig::default()
-    });
-    let first = bus.publish(name()).unwrap();
-    let viewer = bus.subscribe(&name()).unwrap();
+    let (bus, first, viewer) = live(0);
     drop(first);
     assert!(viewer.is_closed());
     assert!(bus.live().is_empty());
@@ -144,29 +147,18 @@ fn without_grace_the_name_is_freed_at_once() {
 /// while the publisher is live or comes back within the grace, and end when the grace runs out.
 #[tokio::test]
 async fn a_wait_for_the_end_made_while_live_sees_a_resume_and_then_the_end() {
-    let bus = Bus::with_config(BusConfig {
-        reconnect_grace_secs: 1,
-        ..BusConfig::default()
-    });
-    let first = bus.publish(name()).unwrap();
-    let viewer = bus.subscribe(&name()).unwrap();
+    let (bus, first, viewer) = live(1);
     let ended = viewer.closed();
     tokio::pin!(ended);
-    let pending = |d| tokio::time::timeout(Duration::from_millis(d), std::future::pending::<()>());
-    tokio::select! {
-        _ = &mut ended => panic!("ended while live"),
-        _ = pending(100) => {}
-    }
+    let ms = Duration::from_millis;
+    let waited = tokio::time::timeout(ms(100), &mut ended).await;
+    assert!(waited.is_err(), "ended while live");
     drop(first);
-    tokio::select! {
-        _ = &mut ended => panic!("ended within the grace"),
-        _ = pending(300) => {}
-    }
+    let waited = tokio::time::timeout(ms(300), &mut ended).await;
+    assert!(waited.is_err(), "ended within the grace");
     let second = bus.publish(name()).unwrap();
-    tokio::select! {
-        _ = &mut ended => panic!("ended after the publisher came back"),
-        _ = pending(1500) => {}
-    }
+    let waited = tokio::time::timeout(ms(1500), &mut ended).await;
+    assert!(waited.is_err(), "ended after the publisher came back");
     drop(second);
     tokio::time::timeout(Duration::from_secs(5), &mut ended)
         .await

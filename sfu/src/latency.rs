@@ -14,7 +14,6 @@ const BUCKETS: usize = (EXACT + (32 - 4) * STEPS) as usize;
 #[derive(Debug, Default)]
 pub(crate) struct Latency {
     counts: Vec<u32>,
-    total: usize,
 }
 
 fn bucket(us: u32) -> usize {
@@ -46,17 +45,17 @@ impl Latency {
         }
         if let Some(count) = self.counts.get_mut(bucket(us)) {
             *count = count.saturating_add(1);
-            self.total += 1;
         }
     }
 
     /// (count, p50, p99) in microseconds.
     pub(crate) fn summary(&self) -> Option<(usize, u32, u32)> {
-        if self.total == 0 {
+        let total: usize = self.counts.iter().map(|&c| c as usize).sum();
+        if total == 0 {
             return None;
         }
         let at = |q: f64| {
-            let rank = ((self.total - 1) as f64 * q).round() as u64;
+            let rank = ((total - 1) as f64 * q).round() as u64;
             let mut seen = 0u64;
             for (b, &count) in self.counts.iter().enumerate() {
                 seen += u64::from(count);
@@ -66,7 +65,7 @@ impl Latency {
             }
             value(BUCKETS - 1)
         };
-        Some((self.total, at(0.5), at(0.99)))
+        Some((total, at(0.5), at(0.99)))
     }
 }
 

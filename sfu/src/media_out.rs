@@ -185,8 +185,6 @@ impl MediaOut {
         pt: Pt,
         codec: Codec,
         keys: &Keys,
-        keep_packets: usize,
-        keep_for: Duration,
     ) -> Option<MediaOut> {
         let rtx_pt = crate::http::negotiated(rtc, mid)
             .iter()
@@ -209,7 +207,7 @@ impl MediaOut {
             sealer: keys.rtp_sealer(),
             opener: keys.rtcp_opener(),
             peer_finished: Some(keys.peer_finished.clone()),
-            store: Store::new(keep_packets, keep_for),
+            store: Store::new(crate::http::RESEND_MAX_PACKETS, crate::http::RESEND_WINDOW),
             pending: None,
             resends: VecDeque::new(),
             str0m_wrote: None,
@@ -403,23 +401,23 @@ impl MediaOut {
     }
 
     /// Reads a datagram the viewer sent: if it is SRTCP carrying NACKs for our video, the
-    /// packets still kept are queued to resend. Whether any were. The first SRTCP that opens
+    /// packets still kept are queued to resend. The first SRTCP that opens
     /// tells the DTLS session the viewer finished its handshake.
-    pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> bool {
+    pub(crate) fn on_datagram(&mut self, datagram: &[u8]) {
         if (self.rtx.is_none() && self.peer_finished.is_none()) || !is_rtcp(datagram) {
-            return false;
+            return;
         }
         let Some(rtcp) = self.opener.open(datagram) else {
-            return false;
+            return;
         };
         if let Some(peer_finished) = self.peer_finished.take() {
             peer_finished.confirm();
         }
         if self.rtx.is_none() {
-            return false;
+            return;
         }
         let Some(latest) = self.store.latest() else {
-            return false;
+            return;
         };
         let now = Instant::now();
         let mut queued = 0;
@@ -440,7 +438,6 @@ impl MediaOut {
         if queued > 0 {
             debug!(packets = queued, "NACK answered");
         }
-        queued > 0
     }
 }
 

@@ -55,9 +55,7 @@ impl Numbering {
             next: u64::from(rand::random::<u16>() & 0x7fff),
         }
     }
-}
 
-impl Numbering {
     /// Numbers for `count` packets: the first is returned.
     pub(crate) fn take(&mut self, count: u64) -> u64 {
         let first = self.next;
@@ -127,7 +125,7 @@ pub(crate) fn write(
     for (i, payload) in payloads.iter().enumerate().take(end).skip(from) {
         let write = RtpWrite::new(
             pt,
-            SeqNo::from(numbering.next),
+            SeqNo::from(numbering.take(1)),
             rtp_time as u32,
             frame.arrived,
             Arc::clone(payload),
@@ -136,7 +134,6 @@ pub(crate) fn write(
         .marker(video && i + 1 == payloads.len())
         .nackable(true);
         stream.write_rtp(write);
-        numbering.next += 1;
     }
     if end == payloads.len() {
         return Written::All;

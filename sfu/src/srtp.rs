@@ -11,13 +11,15 @@
 use std::cell::RefCell;
 
 use str0m::crypto::dtls::SrtpProfile;
-use str0m::crypto::{AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256GcmCipher, SrtpProvider};
+use str0m::crypto::{
+    AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256Gcm, AeadAes256GcmCipher, SrtpProvider,
+};
 
 use crate::dtls::PeerFinished;
 
 /// The GCM authentication tag after the encrypted payload.
-pub(crate) const TAG_LEN: usize = 16;
-const SALT_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = AeadAes128Gcm::TAG_LEN;
+const SALT_LEN: usize = AeadAes128Gcm::SALT_LEN;
 /// RFC 3711 §4.3.1 labels.
 const LABEL_RTP_KEY: u8 = 0x00;
 const LABEL_RTP_SALT: u8 = 0x02;
@@ -28,14 +30,12 @@ const RTCP_HEADER_LEN: usize = 8;
 const RTCP_INDEX_LEN: usize = 4;
 
 /// One side's master key and salt.
-#[derive(Clone)]
 struct Master {
     key: Vec<u8>,
     salt: [u8; SALT_LEN],
 }
 
 /// The master keys of one DTLS-SRTP session (AEAD profiles): ours and the peer's.
-#[derive(Clone)]
 pub(crate) struct Keys {
     local: Master,
     remote: Master,
@@ -55,10 +55,15 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// From the exported keying material (RFC 5764 §4.2: client key, server key, client salt,
     /// server salt). `client`: we are the DTLS client. `None` for a profile not sealed here.
-    pub(crate) fn new(material: &[u8], profile: SrtpProfile, client: bool) -> Option<Keys> {
+    fn new(
+        material: &[u8],
+        profile: SrtpProfile,
+        client: bool,
+        peer_finished: PeerFinished,
+    ) -> Option<Keys> {
         let key_len = match profile {
-            SrtpProfile::AEAD_AES_128_GCM => 16,
-            SrtpProfile::AEAD_AES_256_GCM => 32,
+            SrtpProfile::AEAD_AES_128_GCM => AeadAes128Gcm::KEY_LEN,
+            SrtpProfile::AEAD_AES_256_GCM => AeadAes256Gcm::KEY_LEN,
             _ => return None,
         };
         if material.len() != 2 * (key_len + SALT_LEN) {
@@ -85,7 +90,7 @@ impl Keys {
         Some(Keys {
             local,
             remote,
-            peer_finished: PeerFinished::default(),
+            peer_finished,
         })
     }
 
@@ -323,10 +328,7 @@ pub(crate) fn offer(
 ) {
     COLLECTED.with(|c| {
         if let Some(slot) = c.borrow_mut().as_mut() {
-            *slot = Keys::new(material, profile, client).map(|mut keys| {
-                keys.peer_finished = peer_finished.clone();
-                keys
-            });
+            *slot = Keys::new(material, profile, client, peer_finished.clone());
         }
     });
 }
@@ -371,8 +373,10 @@ mod tests {
             (SrtpProfile::AEAD_AES_128_GCM, 16),
             (SrtpProfile::AEAD_AES_256_GCM, 32),
         ] {
-            let server = Keys::new(&material(key_len), profile, false).expect("keys");
-            let client = Keys::new(&material(key_len), profile, true).expect("keys");
+            let server = Keys::new(&material(key_len), profile, false, PeerFinished::default())
+                .expect("keys");
+            let client = Keys::new(&material(key_len), profile, true, PeerFinished::default())
+                .expect("keys");
             // A receiver report with a NACK, as the client would send it.
             let rtcp = [
                 0x81, 0xCD, 0x00, 0x03, 0, 0, 0, 1, 0, 0, 0, 2, 0x12, 0x34, 0x00, 0x05,
@@ -401,7 +405,13 @@ mod tests {
 
     #[test]
     fn rtp_is_sealed_after_a_clear_header() {
-        let keys = Keys::new(&material(16), SrtpProfile::AEAD_AES_128_GCM, false).expect("keys");
+        let keys = Keys::new(
+            &material(16),
+            SrtpProfile::AEAD_AES_128_GCM,
+            false,
+            PeerFinished::default(),
+        )
+        .expect("keys");
         let header = [0x80, 0x60, 0x12, 0x34, 0, 0, 0, 9, 0xAA, 0xBB, 0xCC, 0xDD];
         let payload = [5u8; 100];
         let mut out = vec![0; header.len() + payload.len() + TAG_LEN];

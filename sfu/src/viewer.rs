@@ -264,8 +264,12 @@ impl Viewer {
         }
     }
 
-    /// Calls into the `Rtc` (`f`), keeping the SRTP keys of a DTLS handshake completed inside.
+    /// Calls into the `Rtc` (`f`), keeping the SRTP keys of a DTLS handshake completed inside
+    /// (until it has them, and only if it seals media itself).
     fn collecting_keys<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        if !self.own_media || self.keys.is_some() {
+            return f(self);
+        }
         let (out, keys) = srtp::collect(|| f(self));
         if keys.is_some() {
             self.keys = keys;
@@ -513,23 +517,16 @@ impl Viewer {
         }
     }
 
-    /// Lets this task seal and send the line's media, once DTLS has made the keys.
+    /// Lets this task seal and send the line's media (a shareable codec), once DTLS has made
+    /// the keys.
     fn start_media_out(&mut self, line: &mut Line, pt: Pt, codec: Codec) {
-        if !self.own_media || line.out.is_some() || !matches!(codec, Codec::H264 | Codec::Opus) {
+        if !self.own_media || line.out.is_some() {
             return;
         }
         let Some(keys) = self.keys.as_ref() else {
             return;
         };
-        line.out = MediaOut::new(
-            &mut self.rtc,
-            line.mid,
-            pt,
-            codec,
-            keys,
-            crate::http::RESEND_MAX_PACKETS,
-            crate::http::RESEND_WINDOW,
-        );
+        line.out = MediaOut::new(&mut self.rtc, line.mid, pt, codec, keys);
         debug!(kind = ?line.kind, sealed_here = line.out.is_some(), "media out");
     }
 
