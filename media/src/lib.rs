@@ -18,6 +18,7 @@ mod broadcast;
 mod bus;
 mod codec;
 mod frame;
+mod group;
 mod name;
 mod track;
 mod wakers;

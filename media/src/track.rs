@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -9,11 +10,13 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use crate::group::{self, Group};
 use crate::wakers::{Waiter, Wakers};
 use crate::{Codec, Frame};
 
 /// How much of a track is kept. Memory per track is bounded by these, whatever the number or
-/// speed of consumers: consumers hold positions, not frames.
+/// speed of consumers: a consumer holds a position and the group it is in, and lets go of that
+/// group at its next read once the cache has.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackLimits {
@@ -42,17 +45,25 @@ pub struct TrackStats {
     pub frames_lost: u64,
 }
 
-struct Group {
-    seq: u64,
-    /// When its keyframe arrived.
-    started: Instant,
-    /// Frames dropped from the front of this group to honour the byte budget.
-    dropped: usize,
-    frames: VecDeque<Frame>,
+/// A cached group and what the producer keeps about it.
+struct Cached {
+    group: Arc<Group>,
+    /// Frames written to its slots.
+    len: usize,
+    /// Their payload bytes.
+    bytes: usize,
 }
 
+impl Cached {
+    fn frames(&self) -> impl DoubleEndedIterator<Item = &Frame> {
+        (0..self.len).filter_map(|i| self.group.frame(i))
+    }
+}
+
+/// The producer's side of the track, and what consumers look up when they join, fall behind
+/// or find their group gone. Reading on within a group, or into the next, takes no lock.
 struct State {
-    groups: VecDeque<Group>,
+    groups: VecDeque<Cached>,
     bytes: usize,
     next_seq: u64,
     /// The group evicted last and how many frames it had: a consumer that had read all of it
@@ -70,6 +81,10 @@ struct Shared {
     name: String,
     limits: TrackLimits,
     state: Mutex<State>,
+    /// Groups started so far (`State::next_seq`), readable without the lock.
+    started: AtomicU64,
+    /// Set when the producer has gone (`State::closed`), readable without the lock.
+    closed: AtomicBool,
     /// Consumers waiting for a frame: woken without a lock they would all share.
     wakers: Wakers,
     /// Shared by every track of a broadcast: wakes the publisher when a keyframe is wanted.
@@ -109,6 +124,8 @@ impl TrackProducer {
             name: name.to_owned(),
             limits,
             state: Mutex::new(state),
+            started: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             wakers: Wakers::default(),
             keyframe_notify,
         };
@@ -136,18 +153,33 @@ impl TrackProducer {
             let seq = state.next_seq;
             state.next_seq += 1;
             state.keyframe_wanted = false;
-            state.groups.push_back(Group {
-                seq,
-                started: frame.arrived,
-                dropped: 0,
-                frames: VecDeque::new(),
+            let group = Group::new(seq, frame.arrived, 0);
+            if let Some(previous) = state.groups.back() {
+                previous.group.set_next(&group);
+            }
+            state.groups.push_back(Cached {
+                group,
+                len: 0,
+                bytes: 0,
             });
+            self.shared.started.store(seq + 1, Ordering::Release);
         }
-        let Some(group) = state.groups.back_mut() else {
+        if state
+            .groups
+            .back()
+            .is_some_and(|c| c.len == group::CAPACITY)
+        {
+            trim_newest(&mut state, usize::MAX, group::CAPACITY * 3 / 4);
+        }
+        let Some(cached) = state.groups.back_mut() else {
             return;
         };
         let len = frame.payload.len();
-        group.frames.push_back(frame);
+        if cached.group.push(cached.len, frame).is_err() {
+            return;
+        }
+        cached.len += 1;
+        cached.bytes += len;
         state.bytes += len;
         evict(&mut state, self.shared.limits);
         drop(state);
@@ -161,7 +193,7 @@ impl TrackProducer {
 
     /// Sequence number of the latest group, if any.
     pub fn latest_group(&self) -> Option<u64> {
-        self.shared.lock().groups.back().map(|g| g.seq)
+        self.shared.lock().groups.back().map(|c| c.group.seq)
     }
 
     /// Bytes of payload currently cached.
@@ -191,6 +223,7 @@ impl TrackProducer {
 impl Drop for TrackProducer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.wakers.wake_all();
     }
 }
@@ -200,19 +233,53 @@ fn evict(state: &mut State, limits: TrackLimits) {
         || (state.bytes > limits.max_bytes && state.groups.len() > 1)
     {
         if let Some(old) = state.groups.pop_front() {
-            state.bytes -= old.frames.iter().map(|f| f.payload.len()).sum::<usize>();
-            state.evicted = Some((old.seq, old.dropped + old.frames.len()));
+            old.group.set_gone();
+            state.bytes -= old.bytes;
+            state.evicted = Some((old.group.seq, old.group.dropped + old.len));
         }
     }
     // One group alone over budget (a publisher that never sends keyframes): drop its oldest
-    // frames, keeping at least the newest.
-    if let Some(group) = state.groups.back_mut() {
-        while state.bytes > limits.max_bytes && group.frames.len() > 1 {
-            if let Some(f) = group.frames.pop_front() {
-                state.bytes -= f.payload.len();
-                group.dropped += 1;
-            }
+    // frames, keeping at least the newest. It goes down to three quarters of the budget, so a
+    // group that stays over budget is copied once per quarter of it, not once per frame.
+    if state.bytes > limits.max_bytes {
+        trim_newest(state, limits.max_bytes / 4 * 3, usize::MAX);
+    }
+}
+
+/// Replaces the newest group with a copy without its oldest frames, keeping at most
+/// `max_bytes` and `max_frames` of them and always the newest frame. Slots are written once,
+/// so dropping frames takes a new group; consumers in the old one find it gone and look again.
+fn trim_newest(state: &mut State, max_bytes: usize, max_frames: usize) {
+    let Some(old) = state.groups.back() else {
+        return;
+    };
+    let (mut drop_frames, mut bytes) = (0, old.bytes);
+    for frame in old.frames() {
+        if (bytes <= max_bytes && old.len - drop_frames <= max_frames) || old.len - drop_frames == 1
+        {
+            break;
         }
+        bytes -= frame.payload.len();
+        drop_frames += 1;
+    }
+    if drop_frames == 0 {
+        return;
+    }
+    let group = Group::new(
+        old.group.seq,
+        old.group.started,
+        old.group.dropped + drop_frames,
+    );
+    let mut len = 0;
+    for frame in old.frames().skip(drop_frames) {
+        if group.push(len, frame.clone()).is_ok() {
+            len += 1;
+        }
+    }
+    old.group.set_gone();
+    state.bytes -= old.bytes - bytes;
+    if let Some(back) = state.groups.back_mut() {
+        *back = Cached { group, len, bytes };
     }
 }
 
@@ -228,6 +295,10 @@ pub struct TrackConsumer {
     shared: Arc<Shared>,
     /// `None`: start at the latest group on the next read.
     pos: Option<Position>,
+    /// The group `pos` is in, once found: read on without the track's lock, and without a
+    /// reference count the track's other consumers also take. The cache evicting it makes the
+    /// next read look again and let it go; until then a consumer not being read holds it.
+    group: Option<Arc<Group>>,
     waiter: Waiter,
     stats: TrackStats,
 }
@@ -248,11 +319,16 @@ enum Next {
 impl TrackConsumer {
     fn new(shared: Arc<Shared>) -> Self {
         // Fix the starting point now, so frames written after subscribing are not skipped.
-        let pos = shared.lock().groups.back().map(start_of_newest);
+        let pos = shared
+            .lock()
+            .groups
+            .back()
+            .map(|c| start_of_newest(&c.group));
         let waiter = shared.wakers.waiter();
         Self {
             shared,
             pos,
+            group: None,
             waiter,
             stats: TrackStats::default(),
         }
@@ -270,12 +346,12 @@ impl TrackConsumer {
 
     /// Sequence number of the track's latest group, if any.
     pub fn latest_group(&self) -> Option<u64> {
-        self.shared.lock().groups.back().map(|g| g.seq)
+        self.shared.lock().groups.back().map(|c| c.group.seq)
     }
 
     /// True once the producer has gone.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// How long ago the latest group's keyframe arrived.
@@ -284,7 +360,7 @@ impl TrackConsumer {
         state
             .groups
             .back()
-            .map(|g| now.saturating_duration_since(g.started))
+            .map(|c| now.saturating_duration_since(c.group.started))
     }
 
     /// Asks the producer for a fresh keyframe. Returns false if the producer cannot honour
@@ -315,6 +391,7 @@ impl TrackConsumer {
             seq: next_seq,
             index: 0,
         });
+        self.group = None;
     }
 
     /// Payload bitrate (bits per second) over the frames that arrived in the last `window`
@@ -324,8 +401,8 @@ impl TrackConsumer {
         let since = now.checked_sub(window)?;
         let mut bytes = 0u64;
         let mut first: Option<Instant> = None;
-        'groups: for group in state.groups.iter().rev() {
-            for frame in group.frames.iter().rev() {
+        'groups: for cached in state.groups.iter().rev() {
+            for frame in cached.frames().rev() {
                 if frame.arrived < since {
                     break 'groups;
                 }
@@ -345,6 +422,7 @@ impl TrackConsumer {
     /// Goes back to the start of the latest group (answers a keyframe request from the cache).
     pub fn restart_at_latest_group(&mut self) {
         self.pos = None;
+        self.group = None;
     }
 
     /// The next frame, or `None` once the track has ended. Cancel-safe.
@@ -370,9 +448,48 @@ impl TrackConsumer {
         }
     }
 
+    /// Reads on in the consumer's group, and into the next, without the track's lock; looks
+    /// in the cache (under the lock) to start, after falling behind, or when its group is gone.
     fn try_next(&mut self) -> Next {
+        loop {
+            let Some(pos) = self.pos else {
+                return self.try_next_in_cache();
+            };
+            // Read before the slot: the producer closes only after its last write.
+            let closed = self.shared.closed.load(Ordering::Acquire);
+            let Some(group) = self.group.as_ref().filter(|g| !g.is_gone()) else {
+                if pos.seq >= self.shared.started.load(Ordering::Acquire) {
+                    // Waiting for a group that has not started yet.
+                    return if closed { Next::Closed } else { Next::Pending };
+                }
+                return self.try_next_in_cache();
+            };
+            match step(group, pos, &self.shared) {
+                Step::Frame(frame) => {
+                    let frame = frame.clone();
+                    self.pos = Some(Position {
+                        index: pos.index + 1,
+                        ..pos
+                    });
+                    return Next::Frame(frame);
+                }
+                Step::Wait => return if closed { Next::Closed } else { Next::Pending },
+                Step::Cache => return self.try_next_in_cache(),
+                Step::Next(next) => {
+                    self.pos = Some(Position {
+                        seq: pos.seq + 1,
+                        index: 0,
+                    });
+                    self.group = Some(next);
+                }
+            }
+        }
+    }
+
+    fn try_next_in_cache(&mut self) -> Next {
         let state = self.shared.lock();
-        let Some(newest) = state.groups.back() else {
+        let Some(newest) = state.groups.back().map(|c| &c.group) else {
+            self.group = None;
             return if state.closed {
                 Next::Closed
             } else {
@@ -382,10 +499,11 @@ impl TrackConsumer {
         let newest_seq = newest.seq;
         let mut pos = self.pos.unwrap_or_else(|| start_of_newest(newest));
         loop {
-            let front_seq = state.groups.front().map_or(newest_seq, |g| g.seq);
+            let front_seq = state.groups.front().map_or(newest_seq, |c| c.group.seq);
             if pos.seq > newest_seq {
                 // Waiting for a group that has not started yet.
                 self.pos = Some(pos);
+                self.group = None;
                 return if state.closed {
                     Next::Closed
                 } else {
@@ -403,7 +521,8 @@ impl TrackConsumer {
                 }
                 continue;
             }
-            let group = &state.groups[(pos.seq - front_seq) as usize];
+            let cached = &state.groups[(pos.seq - front_seq) as usize];
+            let group = &cached.group;
             if pos.index < group.dropped {
                 self.stats.frames_lost += (group.dropped - pos.index) as u64;
                 if pos.index == 0 {
@@ -416,7 +535,8 @@ impl TrackConsumer {
                 }
                 pos.index = group.dropped;
             }
-            if let Some(frame) = group.frames.get(pos.index - group.dropped) {
+            self.group = Some(group.clone());
+            if let Some(frame) = group.frame(pos.index - group.dropped) {
                 pos.index += 1;
                 self.pos = Some(pos);
                 return Next::Frame(frame.clone());
@@ -432,6 +552,38 @@ impl TrackConsumer {
             pos = after_group(pos, newest, &mut self.stats);
         }
     }
+}
+
+enum Step<'a> {
+    Frame(&'a Frame),
+    /// Read all the newest group has.
+    Wait,
+    /// Look in the cache: the consumer's position is not in this group or the next.
+    Cache,
+    /// Read all of a finished group; go on in the next.
+    Next(Arc<Group>),
+}
+
+/// One step of a read within `group`, where the consumer is at `pos`.
+fn step<'a>(group: &'a Group, pos: Position, shared: &Shared) -> Step<'a> {
+    // Read before the slot: the producer links the next group only after its last write here.
+    let next = group.next();
+    let Some(slot) = pos.index.checked_sub(group.dropped) else {
+        return Step::Cache;
+    };
+    if let Some(frame) = group.frame(slot) {
+        return Step::Frame(frame);
+    }
+    let Some(next) = next else {
+        return Step::Wait;
+    };
+    // More than one group behind: the cache skips ahead.
+    if shared.started.load(Ordering::Acquire) > pos.seq + 2 {
+        return Step::Cache;
+    }
+    next.upgrade()
+        .filter(|g| !g.is_gone())
+        .map_or(Step::Cache, Step::Next)
 }
 
 /// Where a consumer goes when it has read all of its group: to the next one, or straight to
@@ -461,5 +613,81 @@ fn start_of_newest(newest: &Group) -> Position {
             seq: newest.seq + 1,
             index: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn track(limits: TrackLimits) -> TrackProducer {
+        TrackProducer::new("video", limits, Arc::new(Notify::new()))
+    }
+
+    fn frame(ts: u64, keyframe: bool) -> Frame {
+        Frame::new(ts, keyframe, Bytes::from_static(b"frame"), Instant::now())
+    }
+
+    #[test]
+    fn reading_on_and_into_the_next_group_takes_no_lock() {
+        let t = track(TrackLimits::default());
+        t.write(frame(0, true));
+        let mut c = t.consume();
+        assert_eq!(c.try_next_frame().unwrap().unwrap().timestamp, 0);
+        t.write(frame(1, false));
+        t.write(frame(2, true));
+        let held = t.shared.lock();
+        let (done, read) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let timestamps: Vec<u64> = std::iter::from_fn(|| c.try_next_frame().unwrap())
+                .map(|f| f.timestamp)
+                .collect();
+            let _ = done.send(timestamps);
+        });
+        let timestamps = read.recv_timeout(Duration::from_secs(10));
+        drop(held);
+        assert_eq!(timestamps, Ok(vec![1, 2]), "the reads waited for the lock");
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn a_consumer_lets_go_of_an_evicted_group_at_its_next_read() {
+        let t = track(TrackLimits {
+            max_bytes: 1 << 20,
+            max_groups: 1,
+        });
+        t.write(frame(0, true));
+        let mut c = t.consume();
+        c.try_next_frame().unwrap();
+        let first = Arc::downgrade(c.group.as_ref().unwrap());
+        t.write(frame(1, true));
+        assert!(first.upgrade().is_some(), "held until the consumer reads");
+        assert_eq!(c.try_next_frame().unwrap().unwrap().timestamp, 1);
+        assert!(first.upgrade().is_none(), "the evicted group is still held");
+    }
+
+    #[test]
+    fn a_full_group_is_trimmed_and_readers_count_what_they_lost() {
+        let t = track(TrackLimits::default());
+        let mut c = t.consume();
+        t.write(frame(0, true));
+        assert!(c.try_next_frame().unwrap().unwrap().keyframe);
+        let frames = group::CAPACITY as u64 + 10;
+        for ts in 1..frames {
+            t.write(frame(ts, false));
+        }
+        let kept = group::CAPACITY * 3 / 4 + 10;
+        assert_eq!(t.cached_bytes(), kept * 5);
+        let next = c.try_next_frame().unwrap().unwrap();
+        assert_eq!(next.timestamp, frames - kept as u64);
+        assert_eq!(c.stats().frames_lost, frames - kept as u64 - 1);
+        assert!(
+            t.consume().try_next_frame().unwrap().is_none(),
+            "joined mid-group"
+        );
     }
 }
