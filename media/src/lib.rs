@@ -7,8 +7,10 @@
 //!
 //! - payloads are [`bytes::Bytes`], never copied on fan-out;
 //! - a new consumer starts at the start of the latest group, so a viewer gets a picture at once;
-//! - a slow consumer skips to the newest group instead of growing a queue: memory per track is
-//!   bounded by [`TrackLimits`], never by the number or speed of consumers.
+//! - a slow consumer skips to the newest group instead of growing a queue: the cache is
+//!   bounded by [`TrackLimits`], never by the number or speed of consumers, and a consumer holds
+//!   at most the group it is in;
+//! - consumers read without a lock they would share: a group's frames sit in write-once slots.
 //!
 //! The model mirrors MoQ's (broadcast > track > group > frame) so the relay can map it 1:1.
 #![warn(missing_docs, unreachable_pub)]

@@ -14,9 +14,9 @@ use crate::group::{self, Group};
 use crate::wakers::{Waiter, Wakers};
 use crate::{Codec, Frame};
 
-/// How much of a track is kept. Memory per track is bounded by these, whatever the number or
-/// speed of consumers: a consumer holds a position and the group it is in, and lets go of that
-/// group at its next read once the cache has.
+/// How much of a track is kept. The cache is bounded by these, whatever the number or speed of
+/// consumers. A consumer also holds the group it is in until its next read finds the cache has
+/// let it go: one that stops being read keeps that one group (viewers are read at every frame).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackLimits {
@@ -55,6 +55,7 @@ struct Cached {
 }
 
 impl Cached {
+    /// Its frames, oldest first (every slot below `len` is written).
     fn frames(&self) -> impl DoubleEndedIterator<Item = &Frame> {
         (0..self.len).filter_map(|i| self.group.frame(i))
     }
@@ -69,7 +70,6 @@ struct State {
     /// The group evicted last and how many frames it had: a consumer that had read all of it
     /// goes on to the next group without counting a skip.
     evicted: Option<(u64, usize)>,
-    closed: bool,
     codec: Option<Codec>,
     /// A consumer asked for a fresh keyframe; the producer has not taken the request yet.
     keyframe_wanted: bool,
@@ -82,8 +82,8 @@ struct Shared {
     limits: TrackLimits,
     state: Mutex<State>,
     /// Groups started so far (`State::next_seq`), readable without the lock.
-    started: AtomicU64,
-    /// Set when the producer has gone (`State::closed`), readable without the lock.
+    groups_started: AtomicU64,
+    /// Set, under the lock, when the producer has gone.
     closed: AtomicBool,
     /// Consumers waiting for a frame: woken without a lock they would all share.
     wakers: Wakers,
@@ -93,8 +93,8 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the cache consistent (every mutation is a
-        // single push/pop), so a poisoned lock is still usable.
+        // Nothing under the lock panics short of a bug; should one, readers would at worst see
+        // a wrong byte count, so a poisoned lock is still used.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -115,7 +115,6 @@ impl TrackProducer {
             bytes: 0,
             next_seq: 0,
             evicted: None,
-            closed: false,
             codec: None,
             keyframe_wanted: false,
             accepts_requests: false,
@@ -124,7 +123,7 @@ impl TrackProducer {
             name: name.to_owned(),
             limits,
             state: Mutex::new(state),
-            started: AtomicU64::new(0),
+            groups_started: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             wakers: Wakers::default(),
             keyframe_notify,
@@ -162,7 +161,7 @@ impl TrackProducer {
                 len: 0,
                 bytes: 0,
             });
-            self.shared.started.store(seq + 1, Ordering::Release);
+            self.shared.groups_started.store(seq + 1, Ordering::Release);
         }
         if state
             .groups
@@ -176,6 +175,7 @@ impl TrackProducer {
         };
         let len = frame.payload.len();
         if cached.group.push(cached.len, frame).is_err() {
+            // Cannot happen: a full group was trimmed above.
             return;
         }
         cached.len += 1;
@@ -222,8 +222,9 @@ impl TrackProducer {
 
 impl Drop for TrackProducer {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        let state = self.shared.lock();
         self.shared.closed.store(true, Ordering::Release);
+        drop(state);
         self.shared.wakers.wake_all();
     }
 }
@@ -295,9 +296,9 @@ pub struct TrackConsumer {
     shared: Arc<Shared>,
     /// `None`: start at the latest group on the next read.
     pos: Option<Position>,
-    /// The group `pos` is in, once found: read on without the track's lock, and without a
-    /// reference count the track's other consumers also take. The cache evicting it makes the
-    /// next read look again and let it go; until then a consumer not being read holds it.
+    /// The group `pos` is in, once found: read on without the track's lock, and held so that a
+    /// read takes no reference count on it (only the frame's own, as every read must). The
+    /// cache evicting it makes the next read look again and let it go.
     group: Option<Arc<Group>>,
     waiter: Waiter,
     stats: TrackStats,
@@ -367,7 +368,7 @@ impl TrackConsumer {
     /// keyframe requests (then only the cache can help).
     pub fn request_keyframe(&self) -> bool {
         let mut state = self.shared.lock();
-        if !state.accepts_requests || state.closed {
+        if !state.accepts_requests || self.shared.closed.load(Ordering::Acquire) {
             return false;
         }
         if !state.keyframe_wanted {
@@ -386,7 +387,7 @@ impl TrackConsumer {
     /// Moves this consumer to the start of the next group to begin (the next keyframe): for
     /// switching layers or joining without replaying an old group.
     pub fn skip_to_next_group(&mut self) {
-        let next_seq = self.shared.lock().next_seq;
+        let next_seq = self.shared.groups_started.load(Ordering::Acquire);
         self.pos = Some(Position {
             seq: next_seq,
             index: 0,
@@ -458,7 +459,7 @@ impl TrackConsumer {
             // Read before the slot: the producer closes only after its last write.
             let closed = self.shared.closed.load(Ordering::Acquire);
             let Some(group) = self.group.as_ref().filter(|g| !g.is_gone()) else {
-                if pos.seq >= self.shared.started.load(Ordering::Acquire) {
+                if pos.seq >= self.shared.groups_started.load(Ordering::Acquire) {
                     // Waiting for a group that has not started yet.
                     return if closed { Next::Closed } else { Next::Pending };
                 }
@@ -490,7 +491,7 @@ impl TrackConsumer {
         let state = self.shared.lock();
         let Some(newest) = state.groups.back().map(|c| &c.group) else {
             self.group = None;
-            return if state.closed {
+            return if self.shared.closed.load(Ordering::Acquire) {
                 Next::Closed
             } else {
                 Next::Pending
@@ -504,7 +505,7 @@ impl TrackConsumer {
                 // Waiting for a group that has not started yet.
                 self.pos = Some(pos);
                 self.group = None;
-                return if state.closed {
+                return if self.shared.closed.load(Ordering::Acquire) {
                     Next::Closed
                 } else {
                     Next::Pending
@@ -543,7 +544,7 @@ impl TrackConsumer {
             }
             if pos.seq == newest_seq {
                 self.pos = Some(pos);
-                return if state.closed {
+                return if self.shared.closed.load(Ordering::Acquire) {
                     Next::Closed
                 } else {
                     Next::Pending
@@ -569,6 +570,7 @@ fn step<'a>(group: &'a Group, pos: Position, shared: &Shared) -> Step<'a> {
     // Read before the slot: the producer links the next group only after its last write here.
     let next = group.next();
     let Some(slot) = pos.index.checked_sub(group.dropped) else {
+        // Not reached: the cache moves a position past a group's dropped frames.
         return Step::Cache;
     };
     if let Some(frame) = group.frame(slot) {
@@ -578,7 +580,7 @@ fn step<'a>(group: &'a Group, pos: Position, shared: &Shared) -> Step<'a> {
         return Step::Wait;
     };
     // More than one group behind: the cache skips ahead.
-    if shared.started.load(Ordering::Acquire) > pos.seq + 2 {
+    if shared.groups_started.load(Ordering::Acquire) > pos.seq + 2 {
         return Step::Cache;
     }
     next.upgrade()

@@ -263,16 +263,44 @@ proptest! {
     }
 }
 
-/// A producer on one thread and consumers on two others: each consumer sees frames in order,
-/// starting at a keyframe, and sees the end. The producer writes until both have read 300
-/// frames; bounded at 20 s.
+/// Writes frames (a keyframe every 30, 1 ms pause per group) until every counter in `read`
+/// reaches `wanted` or `deadline` passes, then ends the track. Returns the last timestamp.
+fn write_until_read(t: TrackProducer, read: &[AtomicU64], wanted: u64, deadline: Instant) -> u64 {
+    let mut ts = 0u64;
+    while read.iter().any(|r| r.load(Ordering::Relaxed) < wanted) && Instant::now() < deadline {
+        t.write(frame(
+            ts,
+            ts.is_multiple_of(30),
+            1000 + (ts as usize % 7) * 300,
+        ));
+        ts += 1;
+        if ts.is_multiple_of(30) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    ts - 1
+}
+
+/// Checks one frame against the one read before it.
+fn check_order(last: Option<u64>, f: &Frame) {
+    match last {
+        None => assert!(f.keyframe, "first frame not a keyframe"),
+        Some(prev) => assert!(f.timestamp > prev, "out of order"),
+    }
+}
+
+/// Nothing is trimmed or lost within a group with these limits, so every reader ends on the
+/// last frame written.
+const LIMITS: TrackLimits = TrackLimits {
+    max_bytes: 1 << 20,
+    max_groups: 2,
+};
+
+/// A producer on one thread and consumers polling on two others: each sees frames in order,
+/// starting at a keyframe, and the last frame before the end. Bounded at 20 s.
 #[test]
 fn readers_on_other_threads_see_ordered_frames_and_the_end() {
-    const WANTED: u64 = 300;
-    let (_bus, _b, t) = track(TrackLimits {
-        max_bytes: 1 << 20,
-        max_groups: 2,
-    });
+    let (_bus, _b, t) = track(LIMITS);
     let deadline = Instant::now() + Duration::from_secs(20);
     let read: Arc<[AtomicU64; 2]> = Arc::default();
     let readers: Vec<_> = (0..2)
@@ -285,33 +313,64 @@ fn readers_on_other_threads_see_ordered_frames_and_the_end() {
                     assert!(Instant::now() < deadline, "reader did not see the end");
                     match c.try_next_frame() {
                         Ok(Some(f)) => {
-                            match last {
-                                None => assert!(f.keyframe, "first frame not a keyframe"),
-                                Some(prev) => assert!(f.timestamp > prev, "out of order"),
-                            }
+                            check_order(last, &f);
                             last = Some(f.timestamp);
                             read[i].fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(None) => std::thread::yield_now(),
-                        Err(()) => return,
+                        Err(()) => return last,
                     }
                 }
             })
         })
         .collect();
-    let mut ts = 0u64;
-    while read.iter().any(|r| r.load(Ordering::Relaxed) < WANTED) && Instant::now() < deadline {
-        t.write(frame(ts, ts % 30 == 0, 1000 + (ts as usize % 7) * 300));
-        ts += 1;
-        if ts % 30 == 0 {
-            std::thread::sleep(Duration::from_millis(1));
+    let written = write_until_read(t, &*read, 300, deadline);
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), Some(written), "{read:?}");
+    }
+}
+
+/// Consumers as tasks waiting for frames on a two-thread runtime, as viewers do. The producer
+/// writes each frame only once every reader has read the one before, so a wake that is missed
+/// stalls the test (and fails it after 5 s) instead of being made up by the next write.
+#[test]
+fn every_write_wakes_readers_waiting_on_a_runtime() {
+    const READERS: usize = 4;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (_bus, _b, t) = track(LIMITS);
+    // Per reader: frames read.
+    let read: Arc<[AtomicU64; READERS]> = Arc::default();
+    let readers: Vec<_> = (0..READERS)
+        .map(|i| {
+            let mut c = t.consume();
+            let read = read.clone();
+            runtime.spawn(async move {
+                let mut last = None::<u64>;
+                while let Some(f) = c.next_frame().await {
+                    check_order(last, &f);
+                    last = Some(f.timestamp);
+                    read[i].fetch_add(1, Ordering::Release);
+                }
+                last
+            })
+        })
+        .collect();
+    for ts in 0..300u64 {
+        t.write(frame(ts, ts.is_multiple_of(30), 1000));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read.iter().any(|r| r.load(Ordering::Acquire) <= ts) {
+            assert!(
+                Instant::now() < deadline,
+                "frame {ts} woke no read: {read:?}"
+            );
+            std::thread::yield_now();
         }
     }
     drop(t);
     for reader in readers {
-        reader.join().unwrap();
-    }
-    for r in read.iter() {
-        assert!(r.load(Ordering::Relaxed) >= WANTED, "{read:?}");
+        assert_eq!(runtime.block_on(reader).unwrap(), Some(299));
     }
 }
