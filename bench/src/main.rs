@@ -2,13 +2,15 @@
 //! uses a running one, publishes a synthetic H.264 stream over WHIP, joins N str0m viewers, and
 //! prints one markdown table row per N: viewers connected, join time, loss, late frames,
 //! end-to-end latency, and the server's CPU and memory from /proc. Loopback only; every run is
-//! bounded in time. `starling-bench --help` lists the flags ([`USAGE`]).
+//! bounded in time. `--record BENCHMARKS.md` also writes the table into that file ([`record`]).
+//! `starling-bench --help` lists the flags ([`USAGE`]).
 
 mod h264;
 mod http;
 mod peer;
 mod procfs;
 mod publisher;
+mod record;
 mod report;
 mod server;
 mod viewer;
@@ -44,12 +46,16 @@ pub struct Args {
     /// Publishing before viewers join, so the server's group cache is full before memory is
     /// first sampled (it holds 3 groups), and not charged to the viewers.
     warmup_secs: u64,
+    /// A file to write the table into, between `record`'s markers.
+    record: Option<std::path::PathBuf>,
+    /// The flags as given, but `--record`, for the recorded command line.
+    command: String,
 }
 
 const USAGE: &str = "starling-bench [--viewers 50,200] [--bitrate-kbps 2500] [--gop-secs 4] \
 [--seconds 15] [--server-bin target/release/starling] [--server-cpu 0] [--threads 1] \
 [--full-every 10] [--gro true] [--warmup-secs N (default 3 GOPs + 1)] \
-[--server http://127.0.0.1:8080 --server-pid PID]";
+[--server http://127.0.0.1:8080 --server-pid PID] [--record BENCHMARKS.md]";
 
 fn parse() -> Result<Args> {
     let mut args = Args {
@@ -65,7 +71,10 @@ fn parse() -> Result<Args> {
         server: None,
         server_pid: None,
         warmup_secs: 0,
+        record: None,
+        command: String::new(),
     };
+    let mut command = vec!["starling-bench".to_owned()];
     let mut warmup = None;
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -76,6 +85,9 @@ fn parse() -> Result<Args> {
         let value = argv
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
+        if flag != "--record" {
+            command.extend([flag.clone(), value.clone()]);
+        }
         match flag.as_str() {
             "--viewers" => {
                 args.viewers = value.split(',').map(str::parse).collect::<Result<_, _>>()?
@@ -91,8 +103,13 @@ fn parse() -> Result<Args> {
             "--server" => args.server = Some(value),
             "--server-pid" => args.server_pid = Some(value.parse()?),
             "--warmup-secs" => warmup = Some(value.parse()?),
+            "--record" => args.record = Some(value.into()),
             other => bail!("unknown flag {other}\nusage: {USAGE}"),
         }
+    }
+    args.command = command.join(" ");
+    if let Some(path) = &args.record {
+        record::check(path)?;
     }
     args.warmup_secs = warmup.unwrap_or(3 * u64::from(args.gop_secs) + 1);
     if args.viewers.iter().any(|&n| n == 0 || n > MAX_VIEWERS)
@@ -124,6 +141,7 @@ async fn run(args: Args) -> Result<()> {
         bail!("--server and --server-pid go together");
     }
     println!("{}", report::HEADER);
+    let mut rows = Vec::with_capacity(args.viewers.len());
     for &n in &args.viewers {
         // A fresh server per run (unless one is given), so each run's memory and CPU are its
         // own and not what the allocator kept from the run before.
@@ -152,6 +170,7 @@ async fn run(args: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(warmup)).await;
         let row = one_run(&base, &pid, log.as_deref(), n, &args).await?;
         println!("{row}");
+        rows.push(row);
         publisher.abort();
         let _ = publisher.await;
         drop(spawned);
@@ -160,19 +179,41 @@ async fn run(args: Args) -> Result<()> {
     if std::env::var_os("STARLING_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!(
-        "\n{} Mbit/s H.264 {}p30, GOP {} s; server pinned to CPU {:?}; generator threads: {}; \
-         machine: {} cores",
+    let cores = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| {
+        c.lines().filter(|l| l.starts_with("processor")).count()
+    });
+    let setup = format!(
+        "{} Mbit/s H.264 720p30, GOP {} s; server {}; generator threads: {}; \
+         machine: {cores} cores",
         f64::from(args.bitrate_kbps) / 1000.0,
-        720,
         args.gop_secs,
-        args.server_cpu,
+        match (&args.server, args.server_cpu) {
+            (Some(_), _) => "given (--server)".to_owned(),
+            (None, Some(cpu)) => format!("pinned to CPU {cpu}"),
+            (None, None) => "not pinned".to_owned(),
+        },
         args.threads,
-        std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| c
-            .lines()
-            .filter(|l| l.starts_with("processor"))
-            .count()),
     );
+    println!("\n{setup}");
+    if let Some(path) = &args.record {
+        let section = format!(
+            "Measured {} with `{}` ({}; {}; {} s windows, {}):\n\n{}\n{}\n",
+            record::today(),
+            args.command,
+            record::cpu_model().unwrap_or_else(|| "CPU model unknown".into()),
+            setup,
+            args.seconds,
+            if args.server.is_some() {
+                "one running server"
+            } else {
+                "a fresh server per row"
+            },
+            report::HEADER,
+            rows.join("\n"),
+        );
+        record::write(path, &section)?;
+        println!("recorded in {}", path.display());
+    }
     Ok(())
 }
 
