@@ -179,35 +179,25 @@ async fn run(args: Args) -> Result<()> {
     if std::env::var_os("STARLING_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let cores = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| {
-        c.lines().filter(|l| l.starts_with("processor")).count()
-    });
+    let (cores, model) = procfs::cpus();
     let setup = format!(
-        "{} Mbit/s H.264 720p30, GOP {} s; server {}; generator threads: {}; \
-         machine: {cores} cores",
+        "{} Mbit/s H.264 720p30, GOP {} s; {}; generator threads: {}; machine: {cores} cores",
         f64::from(args.bitrate_kbps) / 1000.0,
         args.gop_secs,
         match (&args.server, args.server_cpu) {
-            (Some(_), _) => "given (--server)".to_owned(),
-            (None, Some(cpu)) => format!("pinned to CPU {cpu}"),
-            (None, None) => "not pinned".to_owned(),
+            (Some(_), _) => "the running server given by --server".to_owned(),
+            (None, Some(cpu)) => format!("a fresh server per row, pinned to CPU {cpu}"),
+            (None, None) => "a fresh server per row, not pinned".to_owned(),
         },
         args.threads,
     );
     println!("\n{setup}");
     if let Some(path) = &args.record {
         let section = format!(
-            "Measured {} with `{}` ({}; {}; {} s windows, {}):\n\n{}\n{}\n",
+            "Measured {} with `{}` ({model}; {setup}; {} s windows):\n\n{}\n{}\n",
             record::today(),
             args.command,
-            record::cpu_model().unwrap_or_else(|| "CPU model unknown".into()),
-            setup,
             args.seconds,
-            if args.server.is_some() {
-                "one running server"
-            } else {
-                "a fresh server per row"
-            },
             report::HEADER,
             rows.join("\n"),
         );

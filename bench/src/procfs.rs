@@ -1,4 +1,4 @@
-//! CPU time and resident memory of a process, from /proc.
+//! CPU time and resident memory of a process, and the machine's CPUs, from /proc.
 
 use anyhow::{Context, Result};
 
@@ -26,4 +26,16 @@ pub fn rss_kib(pid: &str) -> Result<u64> {
         .context("VmRSS")?
         .parse()
         .context("VmRSS value")
+}
+
+/// The machine's CPUs from /proc/cpuinfo: how many, and their model if it says.
+pub fn cpus() -> (usize, String) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let count = info.lines().filter(|l| l.starts_with("processor")).count();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("CPU model unknown", |(_, m)| m.trim());
+    (count, model.to_owned())
 }

@@ -27,7 +27,7 @@ pub fn replace_section(text: &str, section: &str) -> Result<String> {
         + text[body..]
             .find(END)
             .with_context(|| format!("no `{END}` after the begin marker"))?;
-    if text[body..].matches(BEGIN).count() > 0 || text[end..].matches(END).count() > 1 {
+    if text[body..].contains(BEGIN) || text[end + END.len()..].contains(END) {
         bail!("more than one recorded section; keep one pair of markers");
     }
     Ok(format!(
@@ -78,13 +78,6 @@ fn date(unix_secs: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
-}
-
-/// The CPU model from /proc/cpuinfo, if it says.
-pub fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("model name"))?;
-    Some(line.split_once(':')?.1.trim().to_owned())
 }
 
 #[cfg(test)]

@@ -66,7 +66,6 @@ impl Cached {
 struct State {
     groups: VecDeque<Cached>,
     bytes: usize,
-    next_seq: u64,
     /// The group evicted last and how many frames it had: a consumer that had read all of it
     /// goes on to the next group without counting a skip.
     evicted: Option<(u64, usize)>,
@@ -81,7 +80,7 @@ struct Shared {
     name: String,
     limits: TrackLimits,
     state: Mutex<State>,
-    /// Groups started so far (`State::next_seq`), readable without the lock.
+    /// Groups started so far: the next group's sequence number. Written under the lock.
     groups_started: AtomicU64,
     /// Set, under the lock, when the producer has gone.
     closed: AtomicBool,
@@ -96,6 +95,15 @@ impl Shared {
         // Nothing under the lock panics short of a bug; should one, readers would at worst see
         // a wrong byte count, so a poisoned lock is still used.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a read that found no frame returns: the end once the producer has gone.
+    fn waiting(&self) -> Next {
+        if self.closed.load(Ordering::Acquire) {
+            Next::Closed
+        } else {
+            Next::Pending
+        }
     }
 }
 
@@ -113,7 +121,6 @@ impl TrackProducer {
         let state = State {
             groups: VecDeque::new(),
             bytes: 0,
-            next_seq: 0,
             evicted: None,
             codec: None,
             keyframe_wanted: false,
@@ -149,8 +156,7 @@ impl TrackProducer {
     pub fn write(&self, frame: Frame) {
         let mut state = self.shared.lock();
         if frame.keyframe {
-            let seq = state.next_seq;
-            state.next_seq += 1;
+            let seq = self.shared.groups_started.load(Ordering::Relaxed);
             state.keyframe_wanted = false;
             let group = Group::new(seq, frame.arrived, 0);
             if let Some(previous) = state.groups.back() {
@@ -491,11 +497,7 @@ impl TrackConsumer {
         let state = self.shared.lock();
         let Some(newest) = state.groups.back().map(|c| &c.group) else {
             self.group = None;
-            return if self.shared.closed.load(Ordering::Acquire) {
-                Next::Closed
-            } else {
-                Next::Pending
-            };
+            return self.shared.waiting();
         };
         let newest_seq = newest.seq;
         let mut pos = self.pos.unwrap_or_else(|| start_of_newest(newest));
@@ -505,11 +507,7 @@ impl TrackConsumer {
                 // Waiting for a group that has not started yet.
                 self.pos = Some(pos);
                 self.group = None;
-                return if self.shared.closed.load(Ordering::Acquire) {
-                    Next::Closed
-                } else {
-                    Next::Pending
-                };
+                return self.shared.waiting();
             }
             if pos.seq < front_seq {
                 if pos.seq + 1 == front_seq && state.evicted == Some((pos.seq, pos.index)) {
@@ -544,11 +542,7 @@ impl TrackConsumer {
             }
             if pos.seq == newest_seq {
                 self.pos = Some(pos);
-                return if self.shared.closed.load(Ordering::Acquire) {
-                    Next::Closed
-                } else {
-                    Next::Pending
-                };
+                return self.shared.waiting();
             }
             pos = after_group(pos, newest, &mut self.stats);
         }
