@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -24,20 +24,42 @@ thread_local! {
     static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
+/// Where a datagram goes: to the peer's address, from our candidate it sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Path {
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
+}
+
+impl Path {
+    pub(crate) fn new(local: SocketAddr, remote: SocketAddr) -> Self {
+        Self { local, remote }
+    }
+}
+
 /// The socket every peer sends on, with what the kernel supports on it.
 pub(crate) struct Egress {
     socket: Arc<UdpSocket>,
     state: UdpSocketState,
+    /// The socket is IPv6 (dual stack): IPv4 addresses go out IPv4-mapped.
+    ipv6: bool,
+    /// The socket is bound to every address and our candidates are the host's own: each
+    /// datagram leaves from the candidate its peer sent to (IP_PKTINFO), so a host with several
+    /// addresses answers from the one the peer used.
+    pin_source: bool,
     /// Bytes handed to the kernel so far (UDP payloads), for the node's bitrate out.
     sent: AtomicU64,
 }
 
 impl Egress {
-    pub(crate) fn new(socket: Arc<UdpSocket>) -> io::Result<Self> {
+    pub(crate) fn new(socket: Arc<UdpSocket>, pin_source: bool) -> io::Result<Self> {
         let state = UdpSocketState::new((&*socket).into())?;
+        let ipv6 = socket.local_addr()?.is_ipv6();
         Ok(Self {
             socket,
             state,
+            ipv6,
+            pin_source,
             sent: AtomicU64::new(0),
         })
     }
@@ -62,7 +84,23 @@ impl Egress {
         self.state.recv(socket.into(), bufs, meta)
     }
 
-    async fn send(&self, transmit: &Transmit<'_>) {
+    /// An address as this socket takes it.
+    fn wire(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) if self.ipv6 => IpAddr::V6(v4.to_ipv6_mapped()),
+            ip => ip,
+        }
+    }
+
+    async fn send(&self, path: Path, contents: &[u8], segment_size: Option<usize>) {
+        let transmit = Transmit {
+            destination: SocketAddr::new(self.wire(path.remote.ip()), path.remote.port()),
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: self.pin_source.then(|| self.wire(path.local.ip())),
+        };
+        let transmit = &transmit;
         let sent = self
             .socket
             .async_io(Interest::WRITABLE, || {
@@ -85,7 +123,7 @@ impl Egress {
 pub(crate) struct Batch {
     egress: Arc<Egress>,
     buf: Vec<u8>,
-    destination: Option<SocketAddr>,
+    path: Option<Path>,
     segment: usize,
     count: usize,
     /// A shorter datagram ends a GSO batch: only the last segment may be short.
@@ -97,7 +135,7 @@ impl Batch {
         Self {
             egress,
             buf: Vec::new(),
-            destination: None,
+            path: None,
             segment: 0,
             count: 0,
             closed: false,
@@ -105,8 +143,8 @@ impl Batch {
     }
 
     /// Adds a datagram; sends what was waiting first if this one cannot join it.
-    pub(crate) async fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
-        self.make_room(destination, datagram.len()).await;
+    pub(crate) async fn push(&mut self, path: Path, datagram: &[u8]) {
+        self.make_room(path, datagram.len()).await;
         self.buf.extend_from_slice(datagram);
         self.added(datagram.len());
     }
@@ -115,11 +153,11 @@ impl Batch {
     /// datagram `fill` refuses (returns false) is left out.
     pub(crate) async fn push_with(
         &mut self,
-        destination: SocketAddr,
+        path: Path,
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> bool,
     ) {
-        self.make_room(destination, len).await;
+        self.make_room(path, len).await;
         let start = self.buf.len();
         self.buf.resize(start + len, 0);
         if fill(&mut self.buf[start..]) {
@@ -129,17 +167,17 @@ impl Batch {
         }
     }
 
-    /// Sends what was waiting if a datagram of `len` bytes to `destination` cannot join it.
-    async fn make_room(&mut self, destination: SocketAddr, len: usize) {
+    /// Sends what was waiting if a datagram of `len` bytes on `path` cannot join it.
+    async fn make_room(&mut self, path: Path, len: usize) {
         let fits = self.count > 0
             && !self.closed
-            && self.destination == Some(destination)
+            && self.path == Some(path)
             && len <= self.segment
             && self.count < self.egress.state.max_gso_segments()
             && self.buf.len() + len <= MAX_BATCH_BYTES;
         if !fits {
             self.flush().await;
-            self.destination = Some(destination);
+            self.path = Some(path);
             self.segment = len;
             if self.buf.capacity() == 0 {
                 // Another peer on this thread may hold the spare while it waits to send; then
@@ -157,18 +195,12 @@ impl Batch {
 
     /// Sends what is waiting.
     pub(crate) async fn flush(&mut self) {
-        let Some(destination) = self.destination.take() else {
+        let Some(path) = self.path.take() else {
             return;
         };
         if self.count > 0 {
-            let transmit = Transmit {
-                destination,
-                ecn: None,
-                contents: &self.buf,
-                segment_size: (self.count > 1).then_some(self.segment),
-                src_ip: None,
-            };
-            self.egress.send(&transmit).await;
+            let segment_size = (self.count > 1).then_some(self.segment);
+            self.egress.send(path, &self.buf, segment_size).await;
         }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -215,7 +247,8 @@ mod tests {
         let a = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let b = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let (to_a, to_b) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
-        let mut batch = Batch::new(Arc::new(Egress::new(sender).expect("egress")));
+        let from = sender.local_addr().expect("from");
+        let mut batch = Batch::new(Arc::new(Egress::new(sender, false).expect("egress")));
 
         // A frame: three full packets and a short last one; then one that must not join
         // (longer than the segment), then another destination.
@@ -225,9 +258,9 @@ mod tests {
             .map(|(i, &len)| vec![i as u8; len])
             .collect();
         for d in &sent_a {
-            batch.push(to_a, d).await;
+            batch.push(Path::new(from, to_a), d).await;
         }
-        batch.push(to_b, &[9; 100]).await;
+        batch.push(Path::new(from, to_b), &[9; 100]).await;
         batch.flush().await;
         batch.flush().await; // nothing left: sends nothing
 
@@ -240,13 +273,14 @@ mod tests {
         let sender = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
         let receiver = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
         let to = receiver.local_addr().expect("addr");
-        let inbound = Egress::new(receiver.clone()).expect("egress");
-        let mut batch = Batch::new(Arc::new(Egress::new(sender).expect("egress")));
+        let inbound = Egress::new(receiver.clone(), false).expect("egress");
+        let from = sender.local_addr().expect("from");
+        let mut batch = Batch::new(Arc::new(Egress::new(sender, false).expect("egress")));
         let sent: Vec<Vec<u8>> = (0..5u8)
             .map(|i| vec![i; if i == 4 { 80 } else { 1000 }])
             .collect();
         for d in &sent {
-            batch.push(to, d).await;
+            batch.push(Path::new(from, to), d).await;
         }
         batch.flush().await;
 
@@ -268,5 +302,34 @@ mod tests {
             got.extend(buf[..meta.len].chunks(meta.stride).map(<[u8]>::to_vec));
         }
         assert_eq!(got, sent);
+    }
+
+    /// A wildcard socket answers from the address the peer used: here 127.0.0.2 and 127.0.0.3
+    /// (both on loopback), from an IPv4 socket and from a dual-stack IPv6 one.
+    #[tokio::test]
+    async fn a_wildcard_socket_sends_from_the_local_address_of_the_path() {
+        for wildcard in ["0.0.0.0:0", "[::]:0"] {
+            let sender = Arc::new(UdpSocket::bind(wildcard).await.expect("bind"));
+            let port = sender.local_addr().expect("port").port();
+            let batch_egress = Arc::new(Egress::new(sender, true).expect("egress"));
+            let receiver = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            let to = receiver.local_addr().expect("addr");
+            for local in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+                let mut batch = Batch::new(batch_egress.clone());
+                let local = SocketAddr::from((local, port));
+                batch.push(Path::new(local, to), b"hello").await;
+                batch.flush().await;
+                let mut buf = [0u8; 64];
+                let (n, from) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    receiver.recv_from(&mut buf),
+                )
+                .await
+                .expect("a datagram")
+                .expect("recv");
+                assert_eq!(&buf[..n], b"hello");
+                assert_eq!(from, local, "sent from {wildcard}");
+            }
+        }
     }
 }

@@ -57,6 +57,13 @@ impl std::fmt::Display for SessionId {
     }
 }
 
+/// A number for a peer's log lines. Its session id is a capability (whoever knows it may hang
+/// up or change the session), so it is never logged.
+fn peer_number() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A running SFU. Cheap to clone.
 #[derive(Clone)]
 pub struct Sfu {
@@ -104,8 +111,11 @@ impl Sfu {
             return Err(SfuError::NoCandidates);
         }
         let socket = Arc::new(socket);
-        let egress =
-            egress::Egress::new(socket.clone()).map_err(|e| SfuError::Bind(config.listen, e))?;
+        // Bound to every address with the host's own as candidates: answer each peer from
+        // the address it used (see `egress::Egress`).
+        let pin_source = config.candidates.is_empty() && local_addr.ip().is_unspecified();
+        let egress = egress::Egress::new(socket.clone(), pin_source)
+            .map_err(|e| SfuError::Bind(config.listen, e))?;
         egress::log_capabilities(&egress);
         let inner = Inner {
             bus: ingest.bus().clone(),
@@ -158,6 +168,11 @@ impl Sfu {
 
     fn count_keyframe_request(&self) {
         self.inner.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The candidate to tell str0m a datagram sent to `destination` arrived on.
+    fn local_for(&self, destination: Option<std::net::IpAddr>) -> SocketAddr {
+        udp::local_candidate(&self.inner.candidates, destination, self.inner.local_addr)
     }
 
     fn peers(&self) -> MutexGuard<'_, HashMap<SessionId, PeerHandle>> {

@@ -10,7 +10,6 @@
 //! NACKs, which are read from the viewer's SRTCP and answered over RTX, as str0m would.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use str0m::Rtc;
 use tracing::debug;
 
 use crate::dtls::PeerFinished;
-use crate::egress::Batch;
+use crate::egress::{Batch, Path};
 use crate::rtp_out::{self, Numbering};
 use crate::srtp::{Keys, Opener, Sealer, TAG_LEN};
 
@@ -166,8 +165,8 @@ pub(crate) struct MediaOut {
     str0m_wrote: Option<Instant>,
     /// str0m gets every frame's first packet until then (after an ICE restart).
     str0m_until: Option<Instant>,
-    /// Where str0m sends this viewer's media.
-    destination: Option<SocketAddr>,
+    /// Where str0m sends this viewer's media (and from which of our addresses).
+    destination: Option<Path>,
     /// The header extensions str0m wrote on the latest first packet (the MID, until the
     /// viewer's receiver report shows it knows the SSRC): repeated on the rest of the frame, so
     /// its packets carry the same header and have one length (one GSO send).
@@ -304,7 +303,7 @@ impl MediaOut {
 
     /// Notes a datagram str0m sent: media goes to the same address, and the first packet of a
     /// frame lends its header extensions to the rest.
-    pub(crate) fn sent_to(&mut self, datagram: &[u8], destination: SocketAddr) {
+    pub(crate) fn sent_to(&mut self, datagram: &[u8], destination: Path) {
         // RTP and RTCP (version 2), not STUN or DTLS.
         if datagram.first().is_some_and(|b| b >> 6 == 2) {
             self.destination = Some(destination);
@@ -377,7 +376,7 @@ impl MediaOut {
 
     /// Resends a kept packet over RTX (RFC 4588: the original sequence number, then the
     /// original payload, on the RTX stream's own numbers).
-    async fn resend(&mut self, seq: u64, destination: SocketAddr, out: &mut Batch) {
+    async fn resend(&mut self, seq: u64, destination: Path, out: &mut Batch) {
         let Some(kept) = self.store.get_mut(seq, Instant::now()) else {
             return;
         };

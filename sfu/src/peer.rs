@@ -11,7 +11,8 @@ use str0m::{Candidate, IceCreds, Input, Rtc};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::egress::Batch;
+use crate::egress::{Batch, Path};
+use crate::{SessionId, Sfu};
 use crate::layers::LayerStatus;
 
 /// Datagrams queued for one peer before new ones are dropped.
@@ -21,6 +22,8 @@ pub(crate) const CONTROL_QUEUE: usize = 16;
 
 pub(crate) struct Datagram {
     pub(crate) source: SocketAddr,
+    /// Our candidate the datagram was sent to (see [`crate::udp::local_candidate`]).
+    pub(crate) destination: SocketAddr,
     pub(crate) data: Vec<u8>,
     pub(crate) at: Instant,
 }
@@ -60,15 +63,41 @@ impl PeerHandle {
     }
 }
 
-/// The receiving ends a peer task owns.
+/// The receiving ends a peer task owns. Dropping it (the task ended, or panicked) takes the
+/// peer out of the SFU's table and routes, which frees its viewer or publisher slot.
 pub(crate) struct PeerIo {
     pub(crate) datagrams: mpsc::Receiver<Datagram>,
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) out: Batch,
-    pub(crate) local: SocketAddr,
+    pub(crate) sfu: Sfu,
+    pub(crate) id: SessionId,
+    /// The remote address the `Rtc` sent to last; bound in the routes when it changes.
+    bound: Option<SocketAddr>,
+}
+
+impl Drop for PeerIo {
+    fn drop(&mut self) {
+        self.sfu.remove_peer(self.id);
+    }
 }
 
 impl PeerIo {
+    pub(crate) fn new(
+        sfu: Sfu,
+        id: SessionId,
+        datagrams: mpsc::Receiver<Datagram>,
+        control: mpsc::Receiver<Control>,
+    ) -> Self {
+        Self {
+            datagrams,
+            control,
+            out: Batch::new(sfu.inner.egress.clone()),
+            sfu,
+            id,
+            bound: None,
+        }
+    }
+
     /// Feeds one datagram to `rtc`.
     pub(crate) fn receive(&self, rtc: &mut Rtc, d: &Datagram) -> Result<(), &'static str> {
         let Ok(contents) = d.data.as_slice().try_into() else {
@@ -79,7 +108,7 @@ impl PeerIo {
             Receive {
                 proto: Protocol::Udp,
                 source: d.source,
-                destination: self.local,
+                destination: d.destination,
                 contents,
             },
         );
@@ -89,9 +118,17 @@ impl PeerIo {
         })
     }
 
-    /// Queues one datagram str0m produced; [`PeerIo::flush`] sends what is queued.
+    /// Queues one datagram str0m produced; [`PeerIo::flush`] sends what is queued. str0m sends
+    /// only to addresses whose STUN checks passed its integrity check (or the pair it
+    /// nominated), so the address is bound to this session here, not when a check arrives.
     pub(crate) async fn send(&mut self, t: &str0m::net::Transmit) {
-        self.out.push(t.destination, &t.contents).await;
+        if self.bound != Some(t.destination) {
+            self.bound = Some(t.destination);
+            self.sfu.routes().bind(t.destination, self.id);
+        }
+        self.out
+            .push(Path::new(t.source, t.destination), &t.contents)
+            .await;
     }
 
     /// Sends the datagrams of this poll (call when str0m has nothing more to send).

@@ -17,7 +17,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info};
 
 use crate::peer::{apply_ice, Control, PeerIo};
-use crate::{SessionId, Sfu};
+use crate::Sfu;
 
 /// At most one keyframe request per layer towards the publisher in this time.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -25,7 +25,6 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Publisher {
-    pub(crate) id: SessionId,
     pub(crate) rtc: Rtc,
     pub(crate) io: PeerIo,
     pub(crate) broadcast: BroadcastProducer,
@@ -55,7 +54,7 @@ impl Publisher {
             let mut incoming: HashMap<(Mid, Option<Rid>), Incoming> = HashMap::new();
             let reason = self.drive(&mut incoming).await;
             info!(reason, secs = started.elapsed().as_secs(), "publisher left");
-            self.sfu.remove_peer(self.id);
+            // Dropping `self.io` takes the publisher out of the SFU's tables.
         }
     }
 

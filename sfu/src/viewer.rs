@@ -12,13 +12,13 @@ use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info};
 
+use crate::egress::Path;
 use crate::latency::Latency;
 use crate::layers::{choose, Layer, LayerStatus, Timeline};
 use crate::media_out::{self, MediaOut};
 use crate::peer::{apply_ice, Control, PeerIo};
 use crate::rtp_out;
 use crate::srtp::{self, Keys};
-use crate::{SessionId, Sfu};
 
 /// How often the layer choice is revisited.
 const LAYER_TICK: Duration = Duration::from_millis(500);
@@ -29,15 +29,16 @@ const BITRATE_WINDOW: Duration = Duration::from_secs(2);
 const MAX_REPLAY_AGE: Duration = Duration::from_millis(1500);
 /// The resend buffer is made anew this long after a viewer's first live video frame.
 const RESEND_SHRINK_AFTER: Duration = Duration::from_secs(1);
+/// A viewer whose client has not connected (ICE and DTLS) this long after its offer is dropped,
+/// so offers that never connect do not hold viewer slots.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most one keyframe answered per viewer in this time, however often it asks.
 const KEYFRAME_ANSWER_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(crate) struct Viewer {
-    pub(crate) id: SessionId,
     pub(crate) rtc: Rtc,
     pub(crate) io: PeerIo,
     pub(crate) broadcast: BroadcastConsumer,
-    pub(crate) sfu: Sfu,
     pub(crate) status: Arc<Mutex<LayerStatus>>,
     /// Media lines negotiated before the task started.
     pub(crate) added: Vec<(Mid, MediaKind)>,
@@ -158,7 +159,7 @@ impl Viewer {
                 ),
                 None => info!(reason, secs, switches, resent, "viewer left"),
             }
-            self.sfu.remove_peer(self.id);
+            // Dropping `self.io` takes the viewer out of the SFU's tables.
         }
     }
 
@@ -183,6 +184,8 @@ impl Viewer {
         let broadcast = self.broadcast.clone();
         let ended = broadcast.closed();
         tokio::pin!(ended);
+        let connect_by = tokio::time::sleep_until((self.joined + CONNECT_TIMEOUT).into());
+        tokio::pin!(connect_by);
         loop {
             let deadline = match self.poll(c, &mut video, &mut audio).await {
                 Ok(deadline) => deadline,
@@ -234,6 +237,10 @@ impl Viewer {
                 _ = &mut ended => {
                     self.rtc.disconnect();
                     return "stream ended";
+                }
+                _ = &mut connect_by, if !connected => {
+                    self.rtc.disconnect();
+                    return "not connected in time";
                 }
                 datagram = self.io.datagrams.recv() => {
                     let Some(d) = datagram else { return "shut down" };
@@ -301,7 +308,7 @@ impl Viewer {
                     }
                     for line in [video.as_mut(), audio.as_mut()].into_iter().flatten() {
                         if let Some(out) = line.out.as_mut() {
-                            out.sent_to(&t.contents, t.destination);
+                            out.sent_to(&t.contents, Path::new(t.source, t.destination));
                         }
                     }
                     self.io.send(&t).await;

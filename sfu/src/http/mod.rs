@@ -385,12 +385,7 @@ fn register(
     };
     sfu.peers().insert(id, handle);
     sfu.routes().add_ufrag(local_ufrag, id);
-    let io = PeerIo {
-        datagrams,
-        control,
-        out: crate::egress::Batch::new(sfu.inner.egress.clone()),
-        local: sfu.inner.local_addr,
-    };
+    let io = PeerIo::new(sfu.clone(), id, datagrams, control);
     (id, io)
 }
 

@@ -108,14 +108,12 @@ pub(super) async fn offer(
         offer_ufrag(&body),
         Some(status.clone()),
     );
-    let span = info_span!("viewer", channel = %broadcast.name(), session = %id);
+    let span = info_span!("viewer", channel = %broadcast.name(), peer = crate::peer_number());
     span.in_scope(|| info!("viewer joining"));
     let viewer = Viewer {
-        id,
         rtc,
         io,
         broadcast,
-        sfu: sfu.clone(),
         status,
         added,
         joined: Instant::now(),

@@ -56,10 +56,9 @@ pub(super) async fn offer(
         offer_ufrag(&body),
         None,
     );
-    let span = info_span!("whip", channel = %broadcast.name(), session = %id);
+    let span = info_span!("whip", channel = %broadcast.name(), peer = crate::peer_number());
     span.in_scope(|| info!(resumed = broadcast.generation() > 1, "publisher joining"));
     let publisher = Publisher {
-        id,
         rtc,
         io,
         broadcast,
