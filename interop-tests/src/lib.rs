@@ -53,6 +53,77 @@ pub struct Server {
     /// WebRTC UDP address.
     pub webrtc: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The veth pair of a server in its own namespace; it goes with the namespace.
+    _link: Option<Veth>,
+}
+
+/// Where a server listens.
+struct Listeners {
+    http: SocketAddr,
+    rtmp: SocketAddr,
+    srt: SocketAddr,
+    ftl: SocketAddr,
+    webrtc: SocketAddr,
+}
+
+/// A veth pair between the test's network namespace and a server's: a /30 of 10.201.0.0/16
+/// per pair, unique among the pairs of this process (and, by the process id, of others).
+#[derive(Debug)]
+struct Veth {
+    host: String,
+    peer: String,
+    ours: std::net::Ipv4Addr,
+    server: std::net::Ipv4Addr,
+}
+
+impl Veth {
+    fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % 16_384;
+        let base = u32::from(std::net::Ipv4Addr::new(10, 201, 0, 0)) + slot * 4;
+        Self {
+            host: format!("st{}h{n}", pid % 100_000),
+            peer: format!("st{}s{n}", pid % 100_000),
+            ours: (base + 1).into(),
+            server: (base + 2).into(),
+        }
+    }
+
+    /// Makes the pair, with the server's end in the namespace of process `pid`.
+    fn attach(&self, pid: u32) -> Result<()> {
+        let pid = pid.to_string();
+        let ours = format!("{}/30", self.ours);
+        let steps: [&[&str]; 3] = [
+            &[
+                "link", "add", &self.host, "type", "veth", "peer", "name", &self.peer, "netns",
+                &pid,
+            ],
+            &["addr", "add", &ours, "dev", &self.host],
+            &["link", "set", &self.host, "up"],
+        ];
+        for args in steps {
+            let out = Command::new("ip").args(args).output().context("run ip")?;
+            ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        // Usually gone with the server's namespace already.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Server {
@@ -79,37 +150,83 @@ impl Server {
     }
 
     fn start_once(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
-        let bin = starling_bin();
-        anyhow::ensure!(
-            bin.exists(),
-            "{} is missing: run `cargo build` first (scripts/test does)",
-            bin.display()
-        );
         let [http, rtmp, ftl] = free_tcp_ports::<3>();
         let http: SocketAddr = format!("127.0.0.1:{http}").parse()?;
         let rtmp: SocketAddr = format!("127.0.0.1:{rtmp}").parse()?;
         let srt: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let ftl: SocketAddr = format!("127.0.0.1:{ftl}").parse()?;
         let webrtc: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "serve",
-            "--http",
-            &http.to_string(),
-            "--rtmp",
-            &rtmp.to_string(),
-            "--srt",
-            &srt.to_string(),
-            "--ftl",
-            &ftl.to_string(),
-            "--webrtc",
-            &webrtc.to_string(),
-        ]);
+        let mut cmd = Command::new(starling_bin());
+        cmd.arg("serve");
+        for (flag, addr) in [
+            ("--http", http),
+            ("--rtmp", rtmp),
+            ("--srt", srt),
+            ("--ftl", ftl),
+            ("--webrtc", webrtc),
+        ] {
+            cmd.arg(flag).arg(addr.to_string());
+        }
+        let addrs = Listeners {
+            http,
+            rtmp,
+            srt,
+            ftl,
+            webrtc,
+        };
+        Self::spawn(cmd, addrs, config, env, |_| Ok(None))
+    }
+
+    /// Starts a server the way a user runs it: `starling serve` with no address flags (every
+    /// listener on `0.0.0.0` and its default port), in a network namespace of its own, joined
+    /// to the test's by a veth pair. The test reaches it at its veth address, not loopback.
+    /// Needs root (scripts/test runs as root, inside a namespace of its own).
+    pub fn start_isolated(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
+        let link = Veth::next();
+        let mut cmd = Command::new("unshare");
+        // The namespace is made by `unshare`; the script waits for its end of the veth pair
+        // (moved in from outside), gives it its address, and becomes the server.
+        cmd.args(["-n", "--", "bash", "-c"]).arg(format!(
+            "set -e; ip link set lo up; \
+             for _ in $(seq 200); do ip link show {peer} >/dev/null 2>&1 && break; sleep 0.05; done; \
+             ip addr add {ip}/30 dev {peer}; ip link set {peer} up; exec \"$@\"",
+            peer = link.peer,
+            ip = link.server
+        ));
+        cmd.arg("_").arg(starling_bin()).arg("serve");
+        let at = |port| SocketAddr::new(link.server.into(), port);
+        let addrs = Listeners {
+            http: at(8080),
+            rtmp: at(1935),
+            srt: at(9000),
+            ftl: at(8084),
+            webrtc: at(8189),
+        };
+        Self::spawn(cmd, addrs, config, env, |child| {
+            link.attach(child.id())?;
+            Ok(Some(link))
+        })
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        addrs: Listeners,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        attach: impl FnOnce(&Child) -> Result<Option<Veth>>,
+    ) -> Result<Self> {
+        let bin = starling_bin();
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run `cargo build` first (scripts/test does)",
+            bin.display()
+        );
         if let Some(config) = config {
             let path = std::env::temp_dir().join(format!(
-                "starling-test-{}-{}.toml",
+                "starling-test-{}-{}-{}.toml",
                 std::process::id(),
-                http.port()
+                addrs.http.ip(),
+                addrs.http.port()
             ));
             std::fs::write(&path, config)?;
             cmd.arg("--config").arg(path);
@@ -143,7 +260,21 @@ impl Server {
                 }
             });
         }
-        let server = Self {
+        let link = match attach(&child) {
+            Ok(link) => link,
+            Err(err) => {
+                let _ = child.kill();
+                return Err(err);
+            }
+        };
+        let Listeners {
+            http,
+            rtmp,
+            srt,
+            ftl,
+            webrtc,
+        } = addrs;
+        let mut server = Self {
             child,
             http,
             rtmp,
@@ -151,9 +282,9 @@ impl Server {
             ftl,
             webrtc,
             log,
+            _link: link,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut server = server;
         loop {
             if server
                 .get("/healthz")
@@ -172,6 +303,29 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(server)
+    }
+
+    /// The server's process id (for signals and `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (what systemd and Kubernetes send) and waits up to `limit` for the exit;
+    /// whether it exited, and with success.
+    pub fn terminate(&mut self, limit: Duration) -> Result<Option<bool>> {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "kill -TERM failed");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status.success()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
     }
 
     /// Kills the server at once (SIGKILL): no shutdown, no goodbye to the registry.

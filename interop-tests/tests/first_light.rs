@@ -1,4 +1,6 @@
-//! First light: ffmpeg pushes RTMP, headless Chromium watches over WHEP on the player page.
+//! First light: ffmpeg pushes RTMP, headless Chromium watches over WHEP on the player page. The
+//! server runs as a user runs it, on its default addresses (0.0.0.0), in a network namespace of
+//! its own; ffmpeg and Chromium reach it over a veth pair, not loopback.
 
 use std::time::{Duration, Instant};
 
@@ -42,7 +44,7 @@ async fn wait_player(
 #[tokio::test(flavor = "multi_thread")]
 async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<()> {
     // A short reconnect grace: this test is about the end of a stream.
-    let server = Server::start(Some("[bus]\nreconnect_grace_secs = 1\n"))?;
+    let server = Server::start_isolated(Some("[bus]\nreconnect_grace_secs = 1\n"), &[])?;
     let mut ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("alice"), HIGH_NO_BFRAMES_2S_GOP)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("alice")?.is_some())
@@ -136,7 +138,7 @@ async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<
 /// A viewer joining mid-GOP gets its first frame from the cached group, not at the next keyframe.
 #[tokio::test(flavor = "multi_thread")]
 async fn viewer_joining_mid_gop_decodes_before_the_next_keyframe() -> Result<()> {
-    let server = Server::start(None)?;
+    let server = Server::start_isolated(None, &[])?;
     // A 6 s GOP leaves a wide margin between joining and the next keyframe.
     let gop = [
         "-profile:v",
@@ -196,7 +198,7 @@ async fn viewer_joining_mid_gop_decodes_before_the_next_keyframe() -> Result<()>
 /// OBS's default x264 settings send B-frames: the channel tells viewers which setting to change.
 #[test]
 fn bframes_publisher_gets_a_clear_notice() -> Result<()> {
-    let server = Server::start(None)?;
+    let server = Server::start_isolated(None, &[])?;
     let _ffmpeg = Ffmpeg::push_rtmp(
         &server.rtmp_url("obs"),
         &["-profile:v", "high", "-bf", "3", "-g", "60"],

@@ -201,7 +201,7 @@ fn codecs(report: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn webrtc_rs_publishes_over_whip_and_views_over_whep() -> Result<()> {
     let media = Media::make("webrtc-rs")?;
-    let server = Server::start(Some(&config("wrs")))?;
+    let server = Server::start_isolated(Some(&config("wrs")), &[])?;
     let publisher = Client::webrtc_rs(
         "publish",
         &server.url("/whip/wrs"),

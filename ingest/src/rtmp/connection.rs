@@ -14,6 +14,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::flv::{self, AudioTag, VideoTag};
+use super::guard::{self, Guard};
 use super::RtmpConfig;
 
 use crate::{Claimed, Ingest, Publish};
@@ -32,6 +33,8 @@ enum ConnectionError {
     Session(String),
     #[error("publish refused: {0}")]
     Refused(String),
+    #[error("input refused: {0}")]
+    Input(#[from] guard::Refused),
 }
 
 /// Drives one connection to its end and logs how it ended.
@@ -47,6 +50,7 @@ pub(super) async fn run(mut stream: TcpStream, config: &RtmpConfig, ingest: &Ing
     match conn.drive(&mut stream, config, ingest).await {
         Ok(()) => info!("rtmp connection closed"),
         Err(ConnectionError::Refused(why)) => warn!(reason = %why, "rtmp publish refused"),
+        Err(ConnectionError::Input(why)) => warn!(reason = %why, "rtmp connection refused"),
         Err(err) => info!(%err, "rtmp connection ended"),
     }
     if let Some(publish) = conn.publish.take() {
@@ -80,6 +84,9 @@ impl Connection {
         let (mut session, results) = ServerSession::new(ServerSessionConfig::new())
             .map_err(|e| ConnectionError::Session(e.to_string()))?;
         self.handle(stream, &mut session, results, ingest).await?;
+        // Every byte goes through the guard before the session parses it.
+        let mut guard = Guard::new();
+        guard.check(&remaining, false)?;
         let results = session
             .handle_input(&remaining)
             .map_err(|e| ConnectionError::Session(e.to_string()))?;
@@ -97,6 +104,7 @@ impl Connection {
             if n == 0 {
                 return Ok(());
             }
+            guard.check(&buf[..n], self.publish.is_some())?;
             let results = session
                 .handle_input(&buf[..n])
                 .map_err(|e| ConnectionError::Session(e.to_string()))?;

@@ -1,7 +1,9 @@
 //! RTMP ingest: a TCP listener, one task per connection driving rml_rtmp's sans-IO session.
 
+mod amf0;
 mod connection;
 pub mod flv;
+mod guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

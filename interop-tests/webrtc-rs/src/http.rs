@@ -35,6 +35,16 @@ impl Url {
         })
     }
 
+    /// This host's address on the route to the server (loopback for a loopback server, the
+    /// veth address for a server in another network namespace).
+    pub fn local_ip(&self) -> Result<std::net::IpAddr> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket
+            .connect(&self.authority)
+            .with_context(|| format!("no route to {}", self.authority))?;
+        Ok(socket.local_addr()?.ip())
+    }
+
     /// The URL of a resource the server named in `Location` (absolute path or full URL).
     pub fn join(&self, location: &str) -> Result<Self> {
         if location.starts_with("http://") {

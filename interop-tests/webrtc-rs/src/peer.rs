@@ -1,6 +1,6 @@
-//! One webrtc-rs peer connection as a WHIP/WHEP client: loopback host candidates only, the
-//! DTLS certificate and cipher suites the test asks for, and the offer/answer exchange over
-//! HTTP.
+//! One webrtc-rs peer connection as a WHIP/WHEP client: host candidates on the route to the
+//! server only, the DTLS certificate and cipher suites the test asks for, and the offer/answer
+//! exchange over HTTP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,14 +67,16 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub async fn new(mut media: MediaEngine, dtls: &Dtls) -> Result<Self> {
+    /// A peer connection with host candidates on `server`'s route only.
+    pub async fn new(mut media: MediaEngine, dtls: &Dtls, server: &str) -> Result<Self> {
+        let local = Url::parse(server)?.local_ip()?;
         let registry = register_default_interceptors(Registry::new(), &mut media)?;
         let mut config = RTCConfigurationBuilder::new();
         if let Some(path) = &dtls.rsa_key {
             config = config.with_certificates(vec![rsa_certificate(path)?]);
         }
-        // Loopback host candidates only, and no mDNS: a test's network namespace has no
-        // multicast-capable interface.
+        // Host candidates on the route to the server only, and no mDNS: a test's network
+        // namespace has no multicast-capable interface.
         let mut settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
             .with_multicast_dns_mode(MulticastDnsMode::Disabled);
@@ -101,7 +103,7 @@ impl Peer {
             .with_interceptor_registry(registry)
             .with_handler(handler)
             .with_runtime(runtime)
-            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .with_udp_addrs(vec![std::net::SocketAddr::new(local, 0).to_string()])
             .build()
             .await?;
         Ok(Self {

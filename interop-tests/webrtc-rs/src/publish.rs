@@ -36,7 +36,7 @@ pub async fn run(args: &Args) -> Result<()> {
     let mut media = MediaEngine::default();
     media.register_codec(video.clone(), RtpCodecKind::Video)?;
     media.register_codec(audio.clone(), RtpCodecKind::Audio)?;
-    let mut peer = Peer::new(media, &args.dtls).await?;
+    let mut peer = Peer::new(media, &args.dtls, &args.url).await?;
 
     let video_track = add_track(&peer, RtpCodecKind::Video, &video).await?;
     let audio_track = match &args.ogg {

@@ -32,7 +32,7 @@ struct Counts {
 pub async fn run(args: &Args) -> Result<()> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
-    let mut peer = Peer::new(media, &args.dtls).await?;
+    let mut peer = Peer::new(media, &args.dtls, &args.url).await?;
     for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
         peer.pc
             .add_transceiver_from_kind(
