@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::Context;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -97,11 +96,42 @@ impl Config {
                 SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
             })
             .split("__");
-        figment
-            .merge(env)
-            .extract()
-            .context("invalid configuration")
+        figment.merge(env).extract().map_err(redacted)
     }
+}
+
+/// A configuration error that names the key and where it came from, but not the value found
+/// there, which may be a secret (`STARLING_SRT__PASSPHRASE=1234567890` reads as a number).
+fn redacted(err: figment::Error) -> anyhow::Error {
+    use figment::error::Kind;
+    let lines: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let what = match &e.kind {
+                Kind::InvalidType(_, expected) => format!("invalid type: expected {expected}"),
+                Kind::InvalidValue(_, expected) => format!("invalid value: expected {expected}"),
+                Kind::UnknownVariant(_, expected) => {
+                    format!("unknown variant: expected one of {}", expected.join(", "))
+                }
+                Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => {
+                    "number out of range".to_owned()
+                }
+                Kind::Unsupported(_) => "unsupported value".to_owned(),
+                Kind::UnsupportedKey(_, need) => format!("unsupported key: need {need}"),
+                other => other.to_string(),
+            };
+            let key = e.path.join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map_or_else(String::new, |m| match &m.source {
+                    Some(source) => format!(" in {} ({source})", m.name),
+                    None => format!(" in {}", m.name),
+                });
+            format!("{what} for `{key}`{from}")
+        })
+        .collect();
+    anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
 }
 
 #[cfg(test)]
@@ -133,6 +163,28 @@ mod tests {
             let c = Config::load(Some(Path::new("s.toml"))).unwrap();
             assert_eq!(c.http.listen.port(), 2);
             assert!(c.channels.contains_key("alice"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_type_error_names_the_key_but_not_the_value() {
+        figment::Jail::expect_with(|jail| {
+            // All digits reads as a number: refused, without the digits.
+            jail.set_env("STARLING_SRT__PASSPHRASE", "1234567890");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.contains("srt.passphrase"), "{err}");
+            assert!(!err.contains("1234567890"), "{err}");
+            // Quoted, it is the string it is.
+            jail.set_env("STARLING_SRT__PASSPHRASE", "\"1234567890\"");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.srt.passphrase.as_deref(), Some("1234567890"));
+            // A secret pasted into the wrong variable is not echoed.
+            jail.set_env("STARLING_RTMP__MAX_CONNECTIONS", "s3cr3t-value");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.contains("rtmp.max_connections"), "{err}");
+            assert!(err.contains("STARLING_"), "{err}");
+            assert!(!err.contains("s3cr3t"), "{err}");
             Ok(())
         });
     }

@@ -2,6 +2,7 @@
 
 mod cluster_cli;
 mod config;
+mod logging;
 mod node;
 mod registry;
 mod serve;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use futures::FutureExt;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 
@@ -42,15 +43,13 @@ pub struct ServeArgs {
     /// Host name clients use to reach this node, shown in the printed URLs.
     #[arg(long, value_name = "NAME")]
     public_host: Option<String>,
+    /// Log lines as readable text (coloured on a terminal only) or JSON objects, one a line.
+    #[arg(long, value_enum, default_value_t, env = "STARLING_LOG_FORMAT")]
+    log_format: crate::logging::LogFormat,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    crate::logging::init(args.log_format);
     let mut config = Config::load(args.config.as_deref())?;
     config.http.listen = args.http.unwrap_or(config.http.listen);
     config.rtmp.listen = args.rtmp.unwrap_or(config.rtmp.listen);
@@ -140,9 +139,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     info!(http = %http_addr, rtmp = %rtmp_addr, srt = %config.srt.listen, webrtc = %sfu.local_addr(), "listening");
 
-    let ftl_task = tokio::spawn(ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()));
-    let srt_task = tokio::spawn(ingest::srt::serve(config.srt.clone(), ingest.clone()));
-    let rtmp_task = tokio::spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest));
+    // The listeners: the first to end (an error) ends the node, as a signal does.
+    let mut listeners = tokio::task::JoinSet::new();
+    listeners.spawn(
+        ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()).map(|()| anyhow::Ok(())),
+    );
+    let srt_listen = config.srt.listen;
+    listeners.spawn(
+        ingest::srt::serve(config.srt.clone(), ingest.clone())
+            .map(move |r| r.with_context(|| format!("SRT {srt_listen}"))),
+    );
+    listeners.spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest).map(|()| Ok(())));
     let ports = cluster::Ports {
         http: http_addr.port(),
         rtmp: rtmp_addr.port(),
@@ -183,20 +190,52 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stopped,
     ));
     let nodes = crate::node::router(routing, registered);
-    let app = signaling::router(bus).merge(sfu::router(sfu)).merge(nodes);
-    let http_task = tokio::spawn(async move { axum::serve(http, app).await });
+    let app = signaling::router(bus)
+        .merge(sfu::router(sfu.clone()))
+        .merge(nodes);
+    listeners.spawn(async move { axum::serve(http, app).await.context("HTTP server") });
 
-    tokio::select! {
-        r = http_task => r?.context("HTTP server")?,
-        r = rtmp_task => r?,
-        r = ftl_task => r?,
-        r = srt_task => r?.with_context(|| format!("SRT {}", config.srt.listen))?,
-        r = tokio::signal::ctrl_c() => { r?; info!("shutting down"); }
+    let ended = tokio::select! {
+        Some(listener) = listeners.join_next() => match listener {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a listener stopped")),
+            Ok(Err(err)) => Err(err),
+            Err(join) => Err(anyhow::Error::new(join).context("a listener failed")),
+        },
+        signal = shutdown_signal() => {
+            info!(signal, "shutting down");
+            Ok(())
+        }
+    };
+    if let Err(err) = &ended {
+        error!(err = format!("{err:#}"), "shutting down");
     }
-    // Deregister at once rather than expire.
+    // Whatever ended the node: stop accepting, hang up every WebRTC session, and deregister,
+    // which releases this node's channel claims. A few seconds at most.
+    listeners.abort_all();
+    sfu.close_all(SHUTDOWN_GRACE).await;
     let _ = stop.send(());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), renew_task).await;
-    Ok(())
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, renew_task).await;
+    info!("stopped");
+    ended
+}
+
+/// How long shutdown waits for sessions to end and for the registry.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// SIGTERM (systemd, Kubernetes, `docker stop`) or SIGINT (Ctrl-C): its name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot listen for signals; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
 }
 
 /// A host to print: the bound IP, or `localhost` when bound to every interface.

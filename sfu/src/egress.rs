@@ -320,13 +320,11 @@ mod tests {
                 batch.push(Path::new(local, to), b"hello").await;
                 batch.flush().await;
                 let mut buf = [0u8; 64];
-                let (n, from) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    receiver.recv_from(&mut buf),
-                )
-                .await
-                .expect("a datagram")
-                .expect("recv");
+                let (n, from) =
+                    tokio::time::timeout(Duration::from_secs(2), receiver.recv_from(&mut buf))
+                        .await
+                        .expect("a datagram")
+                        .expect("recv");
                 assert_eq!(&buf[..n], b"hello");
                 assert_eq!(from, local, "sent from {wildcard}");
             }

@@ -170,6 +170,19 @@ impl Sfu {
         self.inner.keyframe_requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Hangs up every session (the node is stopping) and waits up to `grace` for their tasks
+    /// to end.
+    pub async fn close_all(&self, grace: std::time::Duration) {
+        let controls: Vec<_> = self.peers().values().map(|p| p.control.clone()).collect();
+        for control in controls {
+            let _ = control.try_send(peer::Control::HangUp);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.peers().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The candidate to tell str0m a datagram sent to `destination` arrived on.
     fn local_for(&self, destination: Option<std::net::IpAddr>) -> SocketAddr {
         udp::local_candidate(&self.inner.candidates, destination, self.inner.local_addr)

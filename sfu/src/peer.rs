@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::egress::{Batch, Path};
-use crate::{SessionId, Sfu};
 use crate::layers::LayerStatus;
+use crate::{SessionId, Sfu};
 
 /// Datagrams queued for one peer before new ones are dropped.
 pub(crate) const QUEUE: usize = 512;

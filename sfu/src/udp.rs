@@ -280,7 +280,10 @@ mod tests {
         );
         // A public address configured for a NAT: the host sees its private one.
         let public = [v4(203, 0, 113, 5)];
-        assert_eq!(local_candidate(&public, to([10, 9, 9, 9]), bound), public[0]);
+        assert_eq!(
+            local_candidate(&public, to([10, 9, 9, 9]), bound),
+            public[0]
+        );
         assert_eq!(local_candidate(&public, None, bound), public[0]);
         assert_eq!(local_candidate(&[], None, bound), bound);
     }
