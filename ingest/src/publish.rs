@@ -1,6 +1,7 @@
 //! The sink every ingest protocol writes into: one publisher's broadcast on the bus, with
 //! H.264 access units made decodable on their own and AAC transcoded to Opus.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -10,7 +11,7 @@ use media::{tracks, AudioCodec, BroadcastProducer, Codec, Frame, TrackProducer, 
 use tracing::{debug, info, warn};
 
 use crate::es;
-use crate::transcode::AacToOpus;
+use crate::transcode::AacWorker;
 
 /// The notice viewers see when the encoder sends B-frames.
 pub const BFRAMES_NOTICE: &str = "This stream has B-frames, which browsers cannot play smoothly \
@@ -21,9 +22,10 @@ B-frames to 0 for hardware encoders), then restart the stream.";
 pub struct Publish {
     broadcast: BroadcastProducer,
     video: TrackProducer,
-    audio: TrackProducer,
+    /// Shared with the AAC transcoder's thread, which writes the Opus it makes.
+    audio: Arc<TrackProducer>,
     avc: Option<AvcConfig>,
-    aac: Option<AacToOpus>,
+    aac: Option<AacWorker>,
     bframes: bool,
     video_frames: u64,
     /// The ADTS header's configuration the transcoder was set up with.
@@ -42,7 +44,7 @@ impl Publish {
     /// Starts feeding `broadcast`: creates its `video` and `audio.opus` tracks.
     pub fn new(broadcast: BroadcastProducer) -> Self {
         let video = broadcast.create_track(tracks::VIDEO);
-        let audio = broadcast.create_track(tracks::AUDIO_OPUS);
+        let audio = Arc::new(broadcast.create_track(tracks::AUDIO_OPUS));
         audio.set_codec(Codec::Audio(AudioCodec::Opus { channels: 2 }));
         Self {
             broadcast,
@@ -104,7 +106,10 @@ impl Publish {
 
     /// New AAC configuration (an AudioSpecificConfig).
     pub fn aac_config(&mut self, asc: &Bytes) {
-        match AacToOpus::new(asc) {
+        if self.aac.as_ref().is_some_and(|t| t.is_for(asc)) {
+            return;
+        }
+        match AacWorker::start(asc, self.audio.clone()) {
             Ok(t) => {
                 info!(input = %t.describe(), "audio configured, transcoding to Opus");
                 self.aac = Some(t);
@@ -115,15 +120,8 @@ impl Publish {
 
     /// One raw AAC access unit at `timestamp_ms`.
     pub fn aac_frame(&mut self, data: &[u8], timestamp_ms: u64, arrived: Instant) {
-        let Some(aac) = &mut self.aac else { return };
-        match aac.push(data, timestamp_ms) {
-            Ok(packets) => {
-                for p in packets {
-                    let frame = Frame::new(p.timestamp, p.group_start, p.data, arrived);
-                    self.audio.write(frame);
-                }
-            }
-            Err(err) => debug!(%err, "dropping undecodable audio frame"),
+        if let Some(aac) = &mut self.aac {
+            aac.push(data, timestamp_ms, arrived);
         }
     }
 

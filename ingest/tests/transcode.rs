@@ -106,4 +106,10 @@ fn garbage_aac_is_an_error_not_a_panic() {
     }
     assert!(AacToOpus::new(&[0x12]).is_err());
     assert!(AacToOpus::new(&[0x2a, 0x10]).is_err(), "not AAC-LC");
+    // AAC-LC stereo at an explicit 1 Hz: 50 frames of 6 bytes once made 400 MB of samples.
+    let err = AacToOpus::new(&[0x17, 0x80, 0x00, 0x00, 0x90]).err();
+    assert!(
+        err.is_some_and(|e| e.to_string().contains("sample rate")),
+        "1 Hz refused"
+    );
 }

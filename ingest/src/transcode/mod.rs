@@ -3,6 +3,7 @@
 
 mod clock;
 mod resample;
+mod worker;
 
 use bytes::Bytes;
 use media::bitstream::aac::AudioSpecificConfig;
@@ -14,6 +15,7 @@ use symphonia_core::units::{Duration, Timestamp};
 
 pub use clock::AudioClock;
 pub use resample::Resampler;
+pub use worker::AacWorker;
 
 /// Opus output rate.
 pub const OPUS_RATE: u32 = 48_000;
@@ -21,6 +23,8 @@ pub const OPUS_RATE: u32 = 48_000;
 const FRAME: usize = 960;
 /// Opus packets per audio group (about a second), so a joining viewer gets audio quickly.
 const PACKETS_PER_GROUP: u64 = 50;
+/// Samples (per channel) one AAC frame may decode to: 1024 for AAC-LC, 2048 with SBR.
+const MAX_FRAME_SAMPLES: usize = 2048;
 
 /// Why audio could not be transcoded.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,9 @@ pub enum TranscodeError {
     /// A frame did not decode.
     #[error("AAC decode: {0}")]
     Decode(String),
+    /// A frame decoded to more samples than any AAC frame holds.
+    #[error("AAC frame of {0} samples")]
+    TooLong(usize),
     /// libopus refused.
     #[error("Opus encode: {0}")]
     Encode(#[from] opus::Error),
@@ -111,6 +118,9 @@ impl AacToOpus {
             .decoder
             .decode_ref(&packet)
             .map_err(|e| TranscodeError::Decode(e.to_string()))?;
+        if buffer.frames() > MAX_FRAME_SAMPLES {
+            return Err(TranscodeError::TooLong(buffer.frames()));
+        }
         self.decoded.clear();
         buffer.copy_to_vec_interleaved(&mut self.decoded);
         if self.config.channels == 1 {

@@ -27,16 +27,19 @@ impl AudioSpecificConfig {
         }
         let index = bits.take(4)? as usize;
         let sample_rate = if index == 15 {
-            bits.take(24)?
+            // An explicit rate is accepted only if it is one of AAC's own: a decoder set up
+            // for 1 Hz made 400 MB of samples from 50 frames of 6 bytes.
+            let explicit = bits.take(24)?;
+            if !SAMPLE_RATES.contains(&explicit) {
+                return Err(BitstreamError::Unsupported("AAC sample rate"));
+            }
+            explicit
         } else {
             *SAMPLE_RATES
                 .get(index)
                 .ok_or(BitstreamError::Unsupported("AAC sampling index"))?
         };
         let channels = bits.take(4)? as u8;
-        if sample_rate == 0 {
-            return Err(BitstreamError::Unsupported("AAC sample rate 0"));
-        }
         Ok(Self {
             object_type,
             sample_rate,
@@ -100,5 +103,23 @@ mod tests {
         assert!(AudioSpecificConfig::parse(&[]).is_err());
         assert!(AudioSpecificConfig::parse(&[0x12]).is_err());
         assert!(AudioSpecificConfig::parse(&[0x16, 0x90]).is_err()); // index 13
+    }
+
+    /// AAC-LC, the escape index (15), then a 24-bit rate and stereo.
+    fn explicit(rate: u32) -> Vec<u8> {
+        let bits: u64 = (2 << 35) | (15 << 31) | (u64::from(rate) << 7) | (2 << 3);
+        bits.to_be_bytes()[3..].to_vec()
+    }
+
+    #[test]
+    fn an_explicit_rate_must_be_a_real_aac_rate() {
+        let c = AudioSpecificConfig::parse(&explicit(48_000)).unwrap();
+        assert_eq!((c.sample_rate, c.channels), (48_000, 2));
+        for rate in [0, 1, 1000, 7349, 96_001, 0xff_ffff] {
+            assert!(
+                AudioSpecificConfig::parse(&explicit(rate)).is_err(),
+                "{rate}"
+            );
+        }
     }
 }
