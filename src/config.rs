@@ -2,7 +2,6 @@
 //! (`STARLING_HTTP__LISTEN=0.0.0.0:9090`), then command-line flags.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 
 use figment::providers::{Env, Format, Toml};
@@ -14,7 +13,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// HTTP listener: player, WHEP, API, health.
-    pub http: HttpConfig,
+    pub http: crate::http::HttpConfig,
     /// RTMP ingest.
     pub rtmp: ingest::RtmpConfig,
     /// SRT ingest.
@@ -42,22 +41,6 @@ pub struct Config {
     pub redis_insecure: bool,
     /// Channels allowed to publish, with their keys. Empty: anyone may publish any name.
     pub channels: BTreeMap<String, ingest::ChannelConfig>,
-}
-
-/// The HTTP listener.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-        }
-    }
 }
 
 const SECTIONS: [&str; 14] = [

@@ -2,6 +2,7 @@
 
 mod cluster_cli;
 mod config;
+mod http;
 mod logging;
 mod node;
 mod registry;

@@ -59,10 +59,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.public_host = args.public_host.or(config.public_host);
     config.node_id = args.node_id.or(config.node_id);
     config.region = args.region.or(config.region);
-    tokio::runtime::Runtime::new()?.block_on(serve(config))
+    // The banner is for people; JSON logs are for machines and get the same in `listening`.
+    let banner = args.log_format == crate::logging::LogFormat::Text;
+    tokio::runtime::Runtime::new()?.block_on(serve(config, banner))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     let publishers = ingest::Publishers::from_config(&config.channels)?;
     if publishers.is_open() {
         warn!("no channels configured: publishing is open to any name");
@@ -108,35 +110,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .public_host
         .clone()
         .unwrap_or_else(|| display_host(http_addr));
-    println!("Starling is running.");
-    println!(
-        "  OBS server (RTMP):  rtmp://{host}:{}/live   stream key: CHANNEL (or CHANNEL?key=SECRET)",
-        rtmp_addr.port()
-    );
-    println!(
-        "  SRT:                srt://{host}:{}?streamid=publish:CHANNEL?key=SECRET (MPEG-TS)",
-        config.srt.listen.port()
-    );
-    println!(
-        "  FTL (OBS <= 29):    {host}:{} (media on UDP {}+)   stream key: CHANNEL_ID-SECRET",
-        ftl.local_addr()?.port(),
-        config.ftl.media_port_first
-    );
-    println!(
-        "  Watch:              http://{host}:{}/watch/CHANNEL",
-        http_addr.port()
-    );
-    println!(
-        "  Publish (browser):  http://{host}:{}/publish/CHANNEL   WHIP: http://{host}:{}/whip/CHANNEL",
-        http_addr.port(),
-        http_addr.port()
-    );
-    println!("  Channels:           http://{host}:{}/", http_addr.port());
-    println!(
-        "  WebRTC media:       udp {} (candidates {:?})",
-        sfu.local_addr(),
-        sfu.candidates()
-    );
+    if banner {
+        println!("Starling is running.");
+        println!(
+            "  OBS server (RTMP):  rtmp://{host}:{}/live   stream key: CHANNEL (or CHANNEL?key=SECRET)",
+            rtmp_addr.port()
+        );
+        println!(
+            "  SRT:                srt://{host}:{}?streamid=publish:CHANNEL?key=SECRET (MPEG-TS)",
+            config.srt.listen.port()
+        );
+        println!(
+            "  FTL (OBS <= 29):    {host}:{} (media on UDP {}+)   stream key: CHANNEL_ID-SECRET",
+            ftl.local_addr()?.port(),
+            config.ftl.media_port_first
+        );
+        println!(
+            "  Watch:              http://{host}:{}/watch/CHANNEL",
+            http_addr.port()
+        );
+        println!(
+            "  Publish (browser):  http://{host}:{}/publish/CHANNEL   WHIP: http://{host}:{}/whip/CHANNEL",
+            http_addr.port(),
+            http_addr.port()
+        );
+        println!("  Channels:           http://{host}:{}/", http_addr.port());
+        println!(
+            "  WebRTC media:       udp {} (candidates {:?})",
+            sfu.local_addr(),
+            sfu.candidates()
+        );
+    }
     info!(http = %http_addr, rtmp = %rtmp_addr, srt = %config.srt.listen, webrtc = %sfu.local_addr(), "listening");
 
     // The listeners: the first to end (an error) ends the node, as a signal does.
@@ -149,7 +153,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ingest::srt::serve(config.srt.clone(), ingest.clone())
             .map(move |r| r.with_context(|| format!("SRT {srt_listen}"))),
     );
-    listeners.spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest).map(|()| Ok(())));
+    listeners
+        .spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest.clone()).map(|()| Ok(())));
     let ports = cluster::Ports {
         http: http_addr.port(),
         rtmp: rtmp_addr.port(),
@@ -193,7 +198,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = signaling::router(bus)
         .merge(sfu::router(sfu.clone()))
         .merge(nodes);
-    listeners.spawn(async move { axum::serve(http, app).await.context("HTTP server") });
+    let http_limits = ingest
+        .limits()
+        .per_ip("http", config.http.max_connections_per_ip);
+    listeners.spawn(async move {
+        crate::http::serve(http, app, &config.http, http_limits)
+            .await
+            .context("HTTP server")
+    });
 
     let ended = tokio::select! {
         Some(listener) = listeners.join_next() => match listener {

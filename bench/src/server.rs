@@ -74,7 +74,11 @@ impl Spawned {
         let (http, rtmp, webrtc) = (free_port(false)?, free_port(false)?, free_port(true)?);
         let (srt, ftl) = (free_port(true)?, free_port(false)?);
         let config = dir.join("bench.toml");
-        std::fs::write(&config, "[webrtc]\nmax_viewers = 5000\n")?;
+        // Every viewer comes from loopback: no per-address caps.
+        std::fs::write(
+            &config,
+            "[webrtc]\nmax_viewers = 5000\nmax_pending_per_ip = 0\n[http]\nmax_connections_per_ip = 0\n",
+        )?;
         let log = dir.join("server.log");
         let mut command = match cpu {
             Some(cpu) => {

@@ -5,6 +5,7 @@ mod auth;
 mod claims;
 pub mod es;
 pub mod ftl;
+pub mod limits;
 mod listen;
 pub mod mpegts;
 mod publish;
@@ -29,6 +30,7 @@ pub struct Ingest {
     bus: Bus,
     publishers: Arc<Publishers>,
     claims: Option<Arc<dyn Claims>>,
+    limits: Arc<limits::Limits>,
 }
 
 /// Why a publisher was turned away. Never holds the key.
@@ -63,7 +65,13 @@ impl Ingest {
             bus,
             publishers: Arc::new(publishers),
             claims: None,
+            limits: Arc::default(),
         }
+    }
+
+    /// The per-client-address caps of the node's listeners (one set per node).
+    pub fn limits(&self) -> &limits::Limits {
+        &self.limits
     }
 
     /// In a cluster: publishers are admitted only once their channel is claimed.

@@ -14,6 +14,14 @@ use serde_json::Value;
 mod shim;
 pub use shim::Shim;
 
+/// The release build of `starling` (`cargo build --release`; scripts/test makes it).
+pub fn release_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release/starling")
+}
+
 /// The `starling` binary built by `cargo build` (or `$STARLING_BIN`).
 pub fn starling_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("STARLING_BIN") {
@@ -66,14 +74,17 @@ struct Listeners {
     webrtc: SocketAddr,
 }
 
-/// A veth pair between the test's network namespace and a server's: a /30 of 10.201.0.0/16
-/// per pair, unique among the pairs of this process (and, by the process id, of others).
+/// A veth pair between the test's network namespace and a server's: a /29 of 10.201.0.0/16
+/// per pair, unique among the pairs of this process (and, by the process id, of others). The
+/// test's end has two addresses: its own, and a stranger's (for hostile clients, so the
+/// per-address caps they hit do not touch the test's own requests).
 #[derive(Debug)]
 struct Veth {
     host: String,
     peer: String,
     ours: std::net::Ipv4Addr,
     server: std::net::Ipv4Addr,
+    stranger: std::net::Ipv4Addr,
 }
 
 impl Veth {
@@ -81,26 +92,39 @@ impl Veth {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % 16_384;
-        let base = u32::from(std::net::Ipv4Addr::new(10, 201, 0, 0)) + slot * 4;
+        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % 8_192;
+        let base = u32::from(std::net::Ipv4Addr::new(10, 201, 0, 0)) + slot * 8;
         Self {
             host: format!("st{}h{n}", pid % 100_000),
             peer: format!("st{}s{n}", pid % 100_000),
             ours: (base + 1).into(),
             server: (base + 2).into(),
+            stranger: (base + 3).into(),
         }
     }
 
-    /// Makes the pair, with the server's end in the namespace of process `pid`.
+    /// Makes the pair, with the server's end in the namespace of process `pid`, once that
+    /// process has made its namespace (`unshare` may not have yet when it is spawned).
     fn attach(&self, pid: u32) -> Result<()> {
+        let ours = std::fs::read_link("/proc/self/ns/net")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net"))? == ours {
+            ensure!(
+                Instant::now() < deadline,
+                "the server made no network namespace"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let pid = pid.to_string();
-        let ours = format!("{}/30", self.ours);
-        let steps: [&[&str]; 3] = [
+        let ours = format!("{}/29", self.ours);
+        let stranger = format!("{}/29", self.stranger);
+        let steps: [&[&str]; 4] = [
             &[
                 "link", "add", &self.host, "type", "veth", "peer", "name", &self.peer, "netns",
                 &pid,
             ],
             &["addr", "add", &ours, "dev", &self.host],
+            &["addr", "add", &stranger, "dev", &self.host],
             &["link", "set", &self.host, "up"],
         ];
         for args in steps {
@@ -174,7 +198,7 @@ impl Server {
             ftl,
             webrtc,
         };
-        Self::spawn(cmd, addrs, config, env, |_| Ok(None))
+        Self::spawn(starling_bin(), cmd, addrs, config, env, |_| Ok(None))
     }
 
     /// Starts a server the way a user runs it: `starling serve` with no address flags (every
@@ -182,6 +206,15 @@ impl Server {
     /// to the test's by a veth pair. The test reaches it at its veth address, not loopback.
     /// Needs root (scripts/test runs as root, inside a namespace of its own).
     pub fn start_isolated(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_isolated_bin(&starling_bin(), config, env)
+    }
+
+    /// [`Server::start_isolated`] with another build of the binary (the release one).
+    pub fn start_isolated_bin(
+        bin: &std::path::Path,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let link = Veth::next();
         let mut cmd = Command::new("unshare");
         // The namespace is made by `unshare`; the script waits for its end of the veth pair
@@ -189,11 +222,11 @@ impl Server {
         cmd.args(["-n", "--", "bash", "-c"]).arg(format!(
             "set -e; ip link set lo up; \
              for _ in $(seq 200); do ip link show {peer} >/dev/null 2>&1 && break; sleep 0.05; done; \
-             ip addr add {ip}/30 dev {peer}; ip link set {peer} up; exec \"$@\"",
+             ip addr add {ip}/29 dev {peer}; ip link set {peer} up; exec \"$@\"",
             peer = link.peer,
             ip = link.server
         ));
-        cmd.arg("_").arg(starling_bin()).arg("serve");
+        cmd.arg("_").arg(bin).arg("serve");
         let at = |port| SocketAddr::new(link.server.into(), port);
         let addrs = Listeners {
             http: at(8080),
@@ -202,20 +235,20 @@ impl Server {
             ftl: at(8084),
             webrtc: at(8189),
         };
-        Self::spawn(cmd, addrs, config, env, |child| {
+        Self::spawn(bin.to_owned(), cmd, addrs, config, env, |child| {
             link.attach(child.id())?;
             Ok(Some(link))
         })
     }
 
     fn spawn(
+        bin: PathBuf,
         mut cmd: Command,
         addrs: Listeners,
         config: Option<&str>,
         env: &[(&str, &str)],
         attach: impl FnOnce(&Child) -> Result<Option<Veth>>,
     ) -> Result<Self> {
-        let bin = starling_bin();
         anyhow::ensure!(
             bin.exists(),
             "{} is missing: run `cargo build` first (scripts/test does)",
@@ -232,8 +265,8 @@ impl Server {
             cmd.arg("--config").arg(path);
         }
         cmd.envs(env.iter().copied());
-        cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug,str0m=warn")
-            .env("NO_COLOR", "1");
+        // No NO_COLOR: a piped log must be plain by itself.
+        cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug,str0m=warn");
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,6 +336,30 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(server)
+    }
+
+    /// A second address of the test's end of the veth pair (servers in their own namespace
+    /// only): hostile clients bind it, so the caps they hit spare the test's own requests.
+    pub fn stranger(&self) -> Option<std::net::IpAddr> {
+        self._link.as_ref().map(|l| l.stranger.into())
+    }
+
+    /// The server's resident memory, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
+    /// A value of `/metrics`: the sample named exactly `name` (with its labels).
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("no {name} in /metrics:\n{body}"))
     }
 
     /// The server's process id (for signals and `/proc`).

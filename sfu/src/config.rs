@@ -15,6 +15,9 @@ pub struct WebRtcConfig {
     pub max_viewers: usize,
     /// WebRTC (WHIP) publishers at once; more get `503`.
     pub max_publishers: usize,
+    /// Sessions not yet connected (offers answered, no ICE and DTLS yet) from one client
+    /// address; more offers get `429` (0: no cap). A viewer not connected within 10 s is dropped.
+    pub max_pending_per_ip: usize,
 }
 
 impl Default for WebRtcConfig {
@@ -24,6 +27,7 @@ impl Default for WebRtcConfig {
             candidates: Vec::new(),
             max_viewers: 2000,
             max_publishers: 100,
+            max_pending_per_ip: 16,
         }
     }
 }

@@ -64,6 +64,11 @@ fn peer_number() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The address of the client of an HTTP request, put in the request's extensions by the
+/// server that accepted its connection; the per-address caps of WHIP and WHEP offers use it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// A running SFU. Cheap to clone.
 #[derive(Clone)]
 pub struct Sfu {
@@ -82,6 +87,8 @@ struct Inner {
     peers: Mutex<HashMap<SessionId, PeerHandle>>,
     /// Keyframe requests (PLI/FIR) sent to WebRTC publishers, for `/metrics`.
     keyframe_requests: AtomicU64,
+    /// Sessions not yet connected, per client address.
+    pending_per_ip: ingest::limits::PerIp,
 }
 
 /// The SFU could not start.
@@ -117,7 +124,9 @@ impl Sfu {
         let egress = egress::Egress::new(socket.clone(), pin_source)
             .map_err(|e| SfuError::Bind(config.listen, e))?;
         egress::log_capabilities(&egress);
+        let pending_per_ip = ingest.limits().per_ip("webrtc", config.max_pending_per_ip);
         let inner = Inner {
+            pending_per_ip,
             bus: ingest.bus().clone(),
             ingest,
             config,
@@ -159,6 +168,11 @@ impl Sfu {
     /// Number of WebRTC (WHIP) publisher sessions.
     pub fn publishers(&self) -> usize {
         self.peers().values().filter(|p| p.is_publisher()).count()
+    }
+
+    /// Remote addresses the UDP socket routes to sessions (a few per session at most).
+    pub fn bound_addresses(&self) -> usize {
+        self.routes().addrs()
     }
 
     /// Keyframe requests sent to WebRTC publishers so far.

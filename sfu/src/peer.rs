@@ -73,6 +73,9 @@ pub(crate) struct PeerIo {
     pub(crate) id: SessionId,
     /// The remote address the `Rtc` sent to last; bound in the routes when it changes.
     bound: Option<SocketAddr>,
+    /// The session's place under its client address's cap of unconnected sessions, given
+    /// back when it connects.
+    pub(crate) pending: Option<ingest::limits::IpPermit>,
 }
 
 impl Drop for PeerIo {
@@ -95,6 +98,7 @@ impl PeerIo {
             sfu,
             id,
             bound: None,
+            pending: None,
         }
     }
 

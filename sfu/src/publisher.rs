@@ -125,7 +125,10 @@ impl Publisher {
                     return Ok(deadline);
                 }
                 Output::Event(event) => match event {
-                    Event::Connected => info!("publisher connected"),
+                    Event::Connected => {
+                        self.io.pending = None;
+                        info!("publisher connected");
+                    }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         return Err("ice disconnected");
                     }

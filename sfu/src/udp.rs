@@ -97,9 +97,8 @@ impl Routes {
         }
     }
 
-    /// Addresses bound in all (for tests and bounds checks).
-    #[cfg(test)]
-    fn addrs(&self) -> usize {
+    /// Addresses bound in all.
+    pub(crate) fn addrs(&self) -> usize {
         self.by_addr.len()
     }
 

@@ -334,6 +334,7 @@ impl Viewer {
                 Output::Event(event) => match event {
                     Event::Connected => {
                         c.connected = true;
+                        self.io.pending = None;
                         info!("viewer connected");
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {

@@ -30,6 +30,8 @@ pub struct FtlConfig {
     pub handshake_timeout_secs: u64,
     /// Seconds without media after which a publisher is told `408` and its channel ends.
     pub idle_timeout_secs: u64,
+    /// Control connections one client address may hold at once (0: no cap).
+    pub max_connections_per_ip: usize,
     /// FTL channel ids (the number before the `-` in an FTL stream key) to channel names.
     /// An id not listed publishes to the channel named by the number itself.
     pub channels: BTreeMap<String, String>,
@@ -43,6 +45,7 @@ impl Default for FtlConfig {
             media_port_count: 100,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 10,
+            max_connections_per_ip: 4,
             channels: BTreeMap::new(),
         }
     }
@@ -178,8 +181,9 @@ pub async fn serve(listener: TcpListener, config: FtlConfig, ingest: Ingest) {
     // Connections handshaking or streaming: twice the media ports, so handshakes that will be
     // refused do not wait behind live publishers.
     let limit = usize::from(config.media_port_count) * 2;
+    let per_ip = ingest.limits().per_ip("ftl", config.max_connections_per_ip);
     let config = Arc::new(config);
-    crate::listen::accept_loop(listener, "ftl", limit, move |stream, _| {
+    crate::listen::accept_loop(listener, "ftl", limit, per_ip, move |stream, _| {
         let (config, ingest, ports) = (config.clone(), ingest.clone(), ports.clone());
         async move { connection::run(stream, &config, &ingest, &ports).await }
     })

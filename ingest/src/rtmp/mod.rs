@@ -22,6 +22,8 @@ pub struct RtmpConfig {
     pub listen: SocketAddr,
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed (0: no cap).
+    pub max_connections_per_ip: usize,
     /// Seconds a client may take to handshake and start publishing.
     pub handshake_timeout_secs: u64,
     /// Seconds without any data after which a publisher is dropped and its channel ends.
@@ -33,6 +35,7 @@ impl Default for RtmpConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
             max_connections: 256,
+            max_connections_per_ip: 4,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 10,
         }
@@ -53,7 +56,10 @@ impl RtmpConfig {
 pub async fn serve(listener: TcpListener, config: RtmpConfig, ingest: Ingest) {
     let config = Arc::new(config);
     let limit = config.max_connections;
-    crate::listen::accept_loop(listener, "rtmp", limit, move |stream, _| {
+    let per_ip = ingest
+        .limits()
+        .per_ip("rtmp", config.max_connections_per_ip);
+    crate::listen::accept_loop(listener, "rtmp", limit, per_ip, move |stream, _| {
         let (config, ingest) = (config.clone(), ingest.clone());
         async move { connection::run(stream, &config, &ingest).await }
     })

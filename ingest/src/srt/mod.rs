@@ -18,6 +18,7 @@ use srt_tokio::{ConnectionRequest, SrtListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::limits::{IpPermit, PerIp};
 use crate::{Ingest, Refusal};
 use streamid::Mode;
 
@@ -34,6 +35,9 @@ pub struct SrtConfig {
     pub passphrase: Option<String>,
     /// Publishers served at once; more are refused with "overloaded".
     pub max_connections: usize,
+    /// Publishers one client address may have at once; more are refused with "overloaded"
+    /// (0: no cap).
+    pub max_connections_per_ip: usize,
     /// Seconds without media after which a publisher is dropped and its channel ends.
     pub idle_timeout_secs: u64,
 }
@@ -45,6 +49,7 @@ impl Default for SrtConfig {
             latency_ms: 200,
             passphrase: None,
             max_connections: 64,
+            max_connections_per_ip: 4,
             idle_timeout_secs: 10,
         }
     }
@@ -58,6 +63,7 @@ impl std::fmt::Debug for SrtConfig {
             .field("latency_ms", &self.latency_ms)
             .field("passphrase", &self.passphrase.as_ref().map(|_| "<set>"))
             .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .finish()
     }
@@ -84,6 +90,7 @@ impl SrtConfig {
 pub async fn serve(config: SrtConfig, ingest: Ingest) -> std::io::Result<()> {
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let per_ip = ingest.limits().per_ip("srt", config.max_connections_per_ip);
     loop {
         let (listener, mut incoming) = SrtListener::builder()
             .latency(Duration::from_millis(config.latency_ms))
@@ -92,7 +99,7 @@ pub async fn serve(config: SrtConfig, ingest: Ingest) -> std::io::Result<()> {
             .await?;
         info!(listen = %config.listen, "srt listening");
         while let Some(request) = incoming.incoming().next().await {
-            admit(request, &config, &ingest, &permits).await;
+            admit(request, &config, &ingest, (&permits, &per_ip)).await;
         }
         drop(listener);
         warn!("srt listener stopped (a caller's handshake broke it); listening again");
@@ -105,11 +112,11 @@ async fn admit(
     request: ConnectionRequest,
     config: &Arc<SrtConfig>,
     ingest: &Ingest,
-    permits: &Arc<Semaphore>,
+    permits: (&Arc<Semaphore>, &PerIp),
 ) {
     let span = info_span!("srt", peer = %request.remote());
     let id = request.stream_id().map(|s| s.to_string());
-    let decided = match decide(id.as_deref(), config, ingest, permits) {
+    let decided = match decide(id.as_deref(), request.remote(), config, ingest, permits) {
         Ok((channel, permit)) => match ingest.claim(&channel).await {
             Ok(claim) => Ok((channel, permit, claim)),
             Err(refusal) => Err((ServerRejectReason::Conflict, refusal.to_string())),
@@ -159,10 +166,11 @@ async fn admit(
 /// The channel a caller may publish to, or the rejection it gets (with why, for the log).
 fn decide(
     id: Option<&str>,
+    remote: SocketAddr,
     config: &SrtConfig,
     ingest: &Ingest,
-    permits: &Arc<Semaphore>,
-) -> Result<(ChannelName, OwnedSemaphorePermit), (ServerRejectReason, String)> {
+    (permits, per_ip): (&Arc<Semaphore>, &PerIp),
+) -> Result<(ChannelName, (OwnedSemaphorePermit, IpPermit)), (ServerRejectReason, String)> {
     let wanted =
         streamid::parse(id).map_err(|err| (ServerRejectReason::BadRequest, err.to_string()))?;
     if wanted.mode != Mode::Publish {
@@ -171,6 +179,10 @@ fn decide(
     }
     let permit = permits.clone().try_acquire_owned().map_err(|_| {
         let why = format!("{} publishers already", config.max_connections);
+        (ServerRejectReason::Overload, why)
+    })?;
+    let place = per_ip.try_acquire(remote.ip()).map_err(|_| {
+        let why = format!("{} publishers from this address already", per_ip.limit());
         (ServerRejectReason::Overload, why)
     })?;
     let channel = ingest
@@ -182,5 +194,5 @@ fn decide(
             };
             (reason, refusal.to_string())
         })?;
-    Ok((channel, permit))
+    Ok((channel, (permit, place)))
 }

@@ -341,7 +341,7 @@ pub(crate) fn str0m_codec(codec: &media::Codec) -> Codec {
 
 /// Prometheus text exposition of the node's gauges and counters.
 async fn metrics(State(sfu): State<Sfu>) -> Response {
-    let body = format!(
+    let mut body = format!(
         "# HELP starling_viewers WebRTC viewer sessions on this node.\n\
          # TYPE starling_viewers gauge\n\
          starling_viewers {}\n\
@@ -351,14 +351,27 @@ async fn metrics(State(sfu): State<Sfu>) -> Response {
          # HELP starling_live_channels Channels with a publisher on this node.\n\
          # TYPE starling_live_channels gauge\n\
          starling_live_channels {}\n\
+         # HELP starling_webrtc_bound_addresses Peer addresses the WebRTC socket routes to sessions.\n\
+         # TYPE starling_webrtc_bound_addresses gauge\n\
+         starling_webrtc_bound_addresses {}\n\
          # HELP starling_publisher_keyframe_requests_total Keyframe requests (PLI/FIR) sent to WebRTC publishers.\n\
          # TYPE starling_publisher_keyframe_requests_total counter\n\
          starling_publisher_keyframe_requests_total {}\n",
         sfu.viewers(),
         sfu.publishers(),
         sfu.inner.bus.live().len(),
+        sfu.bound_addresses(),
         sfu.keyframe_requests_sent(),
     );
+    body.push_str(
+        "# HELP starling_refused_per_ip_total Connections or offers refused because their client address held its cap.\n\
+         # TYPE starling_refused_per_ip_total counter\n",
+    );
+    for (listener, refused) in sfu.inner.ingest.limits().refused() {
+        body.push_str(&format!(
+            "starling_refused_per_ip_total{{listener=\"{listener}\"}} {refused}\n"
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -387,6 +400,30 @@ fn register(
     sfu.routes().add_ufrag(local_ufrag, id);
     let io = PeerIo::new(sfu.clone(), id, datagrams, control);
     (id, io)
+}
+
+/// A place under the cap of unconnected sessions from the request's client address, or the
+/// `429` that refuses the offer. Requests that came without an address (not through the node's
+/// HTTP server) are not capped.
+fn pending_place(
+    sfu: &Sfu,
+    client: Option<&crate::ClientAddr>,
+) -> Result<Option<ingest::limits::IpPermit>, Box<Response>> {
+    let Some(crate::ClientAddr(addr)) = client else {
+        return Ok(None);
+    };
+    match sfu.inner.pending_per_ip.try_acquire(addr.ip()) {
+        Ok(place) => Ok(Some(place)),
+        Err(refused) => {
+            if refused.is_power_of_two() {
+                tracing::warn!(client = %addr, refused, "offer refused: too many unconnected sessions from this address");
+            }
+            Err(Box::new(text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sessions from this address are still connecting",
+            )))
+        }
+    }
 }
 
 /// `201 Created` with the answer and the session's `Location`.

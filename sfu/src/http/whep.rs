@@ -21,6 +21,7 @@ use crate::Sfu;
 pub(super) async fn offer(
     State(sfu): State<Sfu>,
     Path(channel): Path<String>,
+    client: Option<axum::Extension<crate::ClientAddr>>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
@@ -40,6 +41,10 @@ pub(super) async fn offer(
     if sfu.viewers() >= sfu.inner.config.max_viewers {
         return text(StatusCode::SERVICE_UNAVAILABLE, "this node is full");
     }
+    let pending = match super::pending_place(&sfu, client.as_deref()) {
+        Ok(place) => place,
+        Err(response) => return *response,
+    };
     // Bandwidth estimation only serves the choice between simulcast layers; one layer
     // does without its per-packet cost.
     let layered = broadcast
@@ -101,13 +106,14 @@ pub(super) async fn offer(
     }
 
     let status = Arc::new(Mutex::new(LayerStatus::default()));
-    let (id, io) = register(
+    let (id, mut io) = register(
         &sfu,
         broadcast.name().clone(),
         ufrag,
         offer_ufrag(&body),
         Some(status.clone()),
     );
+    io.pending = pending;
     let span = info_span!("viewer", channel = %broadcast.name(), peer = crate::peer_number());
     span.in_scope(|| info!("viewer joining"));
     let viewer = Viewer {

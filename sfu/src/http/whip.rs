@@ -16,6 +16,7 @@ use crate::Sfu;
 pub(super) async fn offer(
     State(sfu): State<Sfu>,
     Path(channel): Path<String>,
+    client: Option<axum::Extension<crate::ClientAddr>>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
@@ -30,6 +31,10 @@ pub(super) async fn offer(
             "this node takes no more publishers",
         );
     }
+    let pending = match super::pending_place(&sfu, client.as_deref()) {
+        Ok(place) => place,
+        Err(response) => return *response,
+    };
     let ingest = &sfu.inner.ingest;
     let name = match ingest.authorize(&channel, token) {
         Ok(name) => name,
@@ -49,13 +54,14 @@ pub(super) async fn offer(
         Ok(a) => a,
         Err(response) => return *response, // dropping the broadcast frees the channel
     };
-    let (id, io) = register(
+    let (id, mut io) = register(
         &sfu,
         broadcast.name().clone(),
         ufrag,
         offer_ufrag(&body),
         None,
     );
+    io.pending = pending;
     let span = info_span!("whip", channel = %broadcast.name(), peer = crate::peer_number());
     span.in_scope(|| info!(resumed = broadcast.generation() > 1, "publisher joining"));
     let publisher = Publisher {
