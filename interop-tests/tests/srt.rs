@@ -298,14 +298,31 @@ mod refusals {
             "the right passphrase reaches the key check (no channel 'other'): {right:?}"
         );
 
-        // A listener without a passphrase, and a caller that sends one: srt-tokio's listener
-        // task stops on it; the node listens again and the next publisher gets in.
+        // A listener without a passphrase, a live SRT publisher, and a caller that sends a
+        // passphrase with its key length: refused before srt-tokio's listener task sees it
+        // (which would panic and close every SRT connection); the live publisher carries on.
         let plain = Server::start(Some(CONFIG))?;
+        let mut live = super::push_live(&plain, "publish:studio?key=s3cret", &[])?;
         let stray = SrtSocket::builder()
             .encryption(16, "a stray passphrase")
             .call(plain.srt, Some("publish:studio?key=s3cret"))
             .await;
         ensure!(stray.is_err(), "a stray passphrase connected");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensure!(
+            live.exited()?.is_none(),
+            "the live SRT publisher was cut: {}",
+            plain.log()
+        );
+        ensure!(
+            plain.channel("studio")?.is_some(),
+            "studio ended: {}",
+            plain.log()
+        );
+        ensure!(plain
+            .log()
+            .contains("it encrypts, and this node has no passphrase"));
+        live.kill();
         let mut later = None;
         for _ in 0..20 {
             if let Ok(s) = call(plain.srt, "publish:studio?key=s3cret").await {

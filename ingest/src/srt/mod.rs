@@ -12,7 +12,9 @@ use futures::StreamExt;
 use media::ChannelName;
 use serde::Deserialize;
 use srt_protocol::settings::KeySettings;
+use srt_protocol::packet::CoreRejectReason;
 use srt_tokio::access::{RejectReason, ServerRejectReason};
+use srt_tokio::options::KeySize;
 use srt_tokio::options::Passphrase;
 use srt_tokio::{ConnectionRequest, SrtListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -115,6 +117,18 @@ async fn admit(
     permits: (&Arc<Semaphore>, &PerIp),
 ) {
     let span = info_span!("srt", peer = %request.remote());
+    // srt-tokio 0.4 panics in its listener task when a caller that encrypts is accepted
+    // without a passphrase ("expected no secrets"), and the task's end closes every SRT
+    // connection of the node. A caller that announces its key length is refused here instead.
+    // One that leaves it unspecified (ffmpeg without `pbkeylen`) cannot be told apart at this
+    // point; see the README.
+    if config.passphrase.is_none() && request.key_size() != KeySize::Unspecified {
+        span.in_scope(|| warn!("srt caller refused: it encrypts, and this node has no passphrase"));
+        let _ = request
+            .reject(RejectReason::Core(CoreRejectReason::BadSecret))
+            .await;
+        return;
+    }
     let id = request.stream_id().map(|s| s.to_string());
     let decided = match decide(id.as_deref(), request.remote(), config, ingest, permits) {
         Ok((channel, permit)) => match ingest.claim(&channel).await {
