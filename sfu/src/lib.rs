@@ -215,3 +215,39 @@ impl Sfu {
         self.routes().remove(id);
     }
 }
+
+/// Entry points for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::SocketAddr;
+
+    use crate::udp::Routes;
+    use crate::SessionId;
+
+    /// A WHIP/WHEP offer body (and a trickle PATCH body) as the handlers take it, up to the
+    /// answer of an ICE-lite `Rtc` that knows every codec Starling moves.
+    pub fn offer(body: &[u8]) {
+        if let Ok(body) = std::str::from_utf8(body) {
+            crate::http::fuzz_offer(body);
+        }
+    }
+
+    /// A datagram on the WebRTC port, routed among sessions with known ufrags and addresses;
+    /// the table stays within its bounds whatever comes.
+    pub fn route(datagram: &[u8]) {
+        let mut routes = Routes::default();
+        let source = SocketAddr::from(([192, 0, 2, 1], 5000));
+        for i in 0..3u128 {
+            routes.add_ufrag(format!("u{i}"), SessionId(i));
+            routes.bind(
+                SocketAddr::from(([192, 0, 2, 1], 5000 + i as u16)),
+                SessionId(i),
+            );
+        }
+        if let Some(id) = routes.route(source, datagram) {
+            routes.bind(source, id);
+        }
+        let _ = crate::stun::local_ufrag(datagram);
+        assert!(routes.addrs() <= 3 * crate::udp::ADDRS_PER_SESSION);
+    }
+}

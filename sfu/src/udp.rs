@@ -102,7 +102,7 @@ impl Routes {
         self.by_addr.len()
     }
 
-    fn route(&self, source: SocketAddr, packet: &[u8]) -> Option<SessionId> {
+    pub(crate) fn route(&self, source: SocketAddr, packet: &[u8]) -> Option<SessionId> {
         if let Some(ufrag) = stun::local_ufrag(packet) {
             // A STUN check names its session; it may come from a new address (ICE restart,
             // network change). It binds nothing until the session has answered it.

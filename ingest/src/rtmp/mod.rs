@@ -65,3 +65,56 @@ pub async fn serve(listener: TcpListener, config: RtmpConfig, ingest: Ingest) {
     })
     .await;
 }
+
+/// Entry points for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use rml_rtmp::handshake::{Handshake, PeerType};
+    use rml_rtmp::sessions::{
+        ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+    };
+
+    use super::flv;
+    use super::guard::Guard;
+
+    /// An RTMP connection's bytes as a whole: the handshake on them, and, as if the handshake
+    /// were done, the guard, rml_rtmp's chunk stream and AMF0 commands (connections and
+    /// publishes accepted), and the FLV tags of any media, in reads of varying size.
+    pub fn connection(data: &[u8]) {
+        let _ = Handshake::new(PeerType::Server).process_bytes(data);
+        let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) else {
+            return;
+        };
+        let mut guard = Guard::new();
+        let mut publishing = false;
+        let read = usize::from(data.first().copied().unwrap_or(1)).max(1) * 16;
+        for part in data.chunks(read) {
+            if guard.check(part, publishing).is_err() {
+                return;
+            }
+            let Ok(results) = session.handle_input(part) else {
+                return;
+            };
+            for result in results {
+                let ServerSessionResult::RaisedEvent(event) = result else {
+                    continue;
+                };
+                match event {
+                    ServerSessionEvent::ConnectionRequested { request_id, .. } => {
+                        let _ = session.accept_request(request_id);
+                    }
+                    ServerSessionEvent::PublishStreamRequested { request_id, .. } => {
+                        publishing = session.accept_request(request_id).is_ok();
+                    }
+                    ServerSessionEvent::AudioDataReceived { data, .. } => {
+                        let _ = flv::audio(&data);
+                    }
+                    ServerSessionEvent::VideoDataReceived { data, .. } => {
+                        let _ = flv::video(&data);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -439,6 +439,34 @@ fn created(location: String, answer: String) -> Response {
         .into_response()
 }
 
+/// The offer path for the fuzz targets: what a WHIP/WHEP `POST` body and a trickle `PATCH`
+/// body go through, up to the answer.
+pub(crate) fn fuzz_offer(body: &str) {
+    let _ = crate::sdpfrag::SdpFrag::parse(body);
+    let _ = offer_ufrag(body);
+    let Ok(offer) = parse_offer(body) else {
+        return;
+    };
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_vp8(true)
+        .enable_vp9(true)
+        .enable_av1(true)
+        .enable_h265(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    if let Ok(candidate) = Candidate::host(([127, 0, 0, 1], 8189).into(), "udp") {
+        rtc.add_local_candidate(candidate);
+    }
+    if let Ok(answered) = answer(&mut rtc, offer) {
+        for (mid, _) in &answered.added {
+            let _ = negotiated(&rtc, *mid);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
