@@ -2,21 +2,21 @@
 //! rest with SRT rejection codes, and demuxes each publisher's MPEG-TS onto the bus.
 
 mod connection;
+mod front;
 mod streamid;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use media::ChannelName;
 use serde::Deserialize;
-use srt_protocol::packet::CoreRejectReason;
 use srt_protocol::settings::KeySettings;
 use srt_tokio::access::{RejectReason, ServerRejectReason};
-use srt_tokio::options::KeySize;
 use srt_tokio::options::Passphrase;
 use srt_tokio::{ConnectionRequest, SrtListener};
+use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -87,21 +87,48 @@ impl SrtConfig {
     }
 }
 
-/// Serves SRT on `config.listen` until the task is dropped. srt-tokio 0.4's listener task can
-/// stop on a caller's malformed encryption handshake; it is bound again when it does.
+/// Serves SRT on `config.listen` until the task is dropped. The public port is the front's
+/// (see [`front`]), which relays what it lets through to srt-tokio's listener on loopback.
+/// srt-tokio 0.4's listener task can still stop on a caller; it is bound again when it does.
 pub async fn serve(config: SrtConfig, ingest: Ingest) -> std::io::Result<()> {
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let per_ip = ingest.limits().per_ip("srt", config.max_connections_per_ip);
+    let public = UdpSocket::bind(config.listen).await?;
+    let mut inner_socket = Some(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
+    let inner = inner_socket
+        .as_ref()
+        .map_or(Ok(config.listen), UdpSocket::local_addr)?;
+    let callers = front::Callers::default();
+    let _front = AbortOnDrop(tokio::spawn(front::run(
+        public,
+        inner,
+        config.passphrase.is_some(),
+        config.max_connections * 2 + 16,
+        callers.clone(),
+    )));
+    info!(listen = %config.listen, "srt listening");
     loop {
+        let socket = match inner_socket.take() {
+            Some(socket) => socket,
+            None => match UdpSocket::bind(inner).await {
+                Ok(socket) => socket,
+                Err(err) => {
+                    warn!(%err, "srt listener cannot bind again; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
         let (listener, mut incoming) = SrtListener::builder()
             .latency(Duration::from_millis(config.latency_ms))
             .set(|o| o.session.peer_idle_timeout = config.idle_timeout())
-            .bind(config.listen)
+            .socket(socket)
+            .bind(inner)
             .await?;
-        info!(listen = %config.listen, "srt listening");
         while let Some(request) = incoming.incoming().next().await {
-            admit(request, &config, &ingest, (&permits, &per_ip)).await;
+            let remote = callers.real(request.remote());
+            admit(request, remote, &config, &ingest, (&permits, &per_ip)).await;
         }
         drop(listener);
         warn!("srt listener stopped (a caller's handshake broke it); listening again");
@@ -109,28 +136,26 @@ pub async fn serve(config: SrtConfig, ingest: Ingest) -> std::io::Result<()> {
     }
 }
 
+/// Aborts a task when dropped (the SRT front ends with `serve`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Accepts or refuses one caller; an accepted publisher runs in its own task.
 async fn admit(
     request: ConnectionRequest,
+    remote: SocketAddr,
     config: &Arc<SrtConfig>,
     ingest: &Ingest,
     permits: (&Arc<Semaphore>, &PerIp),
 ) {
-    let span = info_span!("srt", peer = %request.remote());
-    // srt-tokio 0.4 panics in its listener task when a caller that encrypts is accepted
-    // without a passphrase ("expected no secrets"), and the task's end closes every SRT
-    // connection of the node. A caller that announces its key length is refused here instead.
-    // One that leaves it unspecified (ffmpeg without `pbkeylen`) cannot be told apart at this
-    // point; see the README.
-    if config.passphrase.is_none() && request.key_size() != KeySize::Unspecified {
-        span.in_scope(|| warn!("srt caller refused: it encrypts, and this node has no passphrase"));
-        let _ = request
-            .reject(RejectReason::Core(CoreRejectReason::BadSecret))
-            .await;
-        return;
-    }
+    let span = info_span!("srt", peer = %remote);
     let id = request.stream_id().map(|s| s.to_string());
-    let decided = match decide(id.as_deref(), request.remote(), config, ingest, permits) {
+    let decided = match decide(id.as_deref(), remote, config, ingest, permits) {
         Ok((channel, permit)) => match ingest.claim(&channel).await {
             Ok(claim) => Ok((channel, permit, claim)),
             Err(refusal) => Err((ServerRejectReason::Conflict, refusal.to_string())),
@@ -209,4 +234,15 @@ fn decide(
             (reason, refusal.to_string())
         })?;
     Ok((channel, (permit, place)))
+}
+
+/// Entry points for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A datagram on the SRT port, screened as the front screens it (with and without a
+    /// passphrase): whatever comes, an answer, never a panic.
+    pub fn screen(datagram: &[u8]) {
+        let _ = super::front::screen(datagram, false);
+        let _ = super::front::screen(datagram, true);
+    }
 }
