@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -215,6 +216,24 @@ impl Server {
         config: Option<&str>,
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_isolated_with(bin, &["serve"], config, env)
+    }
+
+    /// The newcomer's way: `scripts/serve` (build prerequisites, then `cargo run --release --
+    /// serve`), in a namespace of its own as [`Server::start_isolated`].
+    pub fn start_isolated_script(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/serve");
+        Self::start_isolated_with(&script, &[], config, env)
+    }
+
+    /// `program args... [--config FILE]` in a namespace of its own (see
+    /// [`Server::start_isolated`]).
+    fn start_isolated_with(
+        bin: &std::path::Path,
+        args: &[&str],
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let link = Veth::next();
         let mut cmd = Command::new("unshare");
         // The namespace is made by `unshare`; the script waits for its end of the veth pair
@@ -226,7 +245,7 @@ impl Server {
             peer = link.peer,
             ip = link.server
         ));
-        cmd.arg("_").arg(bin).arg("serve");
+        cmd.arg("_").arg(bin).args(args);
         let at = |port| SocketAddr::new(link.server.into(), port);
         let addrs = Listeners {
             http: at(8080),
@@ -268,6 +287,7 @@ impl Server {
         // No NO_COLOR: a piped log must be plain by itself.
         cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug,str0m=warn");
         let mut child = cmd
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -317,7 +337,8 @@ impl Server {
             log,
             _link: link,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Long enough for `scripts/serve` to check the build; a server that exits is seen at once.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if server
                 .get("/healthz")
@@ -331,7 +352,7 @@ impl Server {
                 bail!("server exited at start:\n{}", server.log());
             }
             if Instant::now() > deadline {
-                bail!("server did not become healthy in 20 s:\n{}", server.log());
+                bail!("server did not become healthy in 90 s:\n{}", server.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -459,6 +480,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The whole process group: `scripts/serve` runs the server under cargo.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -135,6 +135,40 @@ async fn rtmp_publish_plays_in_chromium_with_audio_and_ends_cleanly() -> Result<
     browser.close().await
 }
 
+/// The newcomer's path, as the README tells it: `scripts/serve` with no arguments, ffmpeg
+/// pushing RTMP, the player page in Chromium.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_path_scripts_serve_push_and_watch() -> Result<()> {
+    let server = Server::start_isolated_script(None, &[])?;
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("newcomer"), HIGH_NO_BFRAMES_2S_GOP)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("newcomer")?.is_some())
+    })?;
+    let browser = Browser::start().await?;
+    browser.client.goto(&server.url("/watch/newcomer")).await?;
+    browser.wait_playing(Duration::from_secs(30)).await?;
+    browser.close().await
+}
+
+/// WebRTC on a dual-stack wildcard (`[::]:8189`): an IPv4 viewer arrives IPv4-mapped, and is
+/// answered from the address it used.
+#[tokio::test(flavor = "multi_thread")]
+async fn webrtc_on_a_dual_stack_wildcard_plays() -> Result<()> {
+    let server = Server::start_isolated(Some("[webrtc]\nlisten = \"[::]:8189\"\n"), &[])?;
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("dual"), HIGH_NO_BFRAMES_2S_GOP)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("dual")?.is_some())
+    })?;
+    let browser = Browser::start().await?;
+    browser.client.goto(&server.url("/watch/dual")).await?;
+    browser.wait_playing(Duration::from_secs(30)).await?;
+    assert!(
+        server.log().contains("webrtc=[::]:8189"),
+        "listening dual stack"
+    );
+    browser.close().await
+}
+
 /// A viewer joining mid-GOP gets its first frame from the cached group, not at the next keyframe.
 #[tokio::test(flavor = "multi_thread")]
 async fn viewer_joining_mid_gop_decodes_before_the_next_keyframe() -> Result<()> {

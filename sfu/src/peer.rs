@@ -159,3 +159,34 @@ pub(crate) fn apply_ice(rtc: &mut Rtc, control: &Control) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::{Sfu, WebRtcConfig};
+
+    /// A peer task that panics still gives back its slot and its routes: they go with its
+    /// `PeerIo`, which the unwinding task drops.
+    #[tokio::test]
+    async fn a_panicking_peer_task_releases_its_slot_and_routes() {
+        let config = WebRtcConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..WebRtcConfig::default()
+        };
+        let publishers = ingest::Publishers::from_config(&BTreeMap::new()).expect("open");
+        let ingest = ingest::Ingest::new(media::Bus::with_config(Default::default()), publishers);
+        let sfu = Sfu::start(config, ingest).await.expect("sfu");
+        let name = media::ChannelName::new("c").expect("name");
+        let status = std::sync::Arc::default();
+        let (_, io) = crate::http::register(&sfu, name, "ufrag".into(), "r".into(), Some(status));
+        sfu.routes().bind(([192, 0, 2, 1], 9).into(), io.id);
+        assert_eq!((sfu.viewers(), sfu.bound_addresses()), (1, 1));
+        let task = tokio::spawn(async move {
+            let _io = io;
+            panic!("a bug in a peer task");
+        });
+        assert!(task.await.is_err(), "the task panicked");
+        assert_eq!((sfu.viewers(), sfu.bound_addresses()), (0, 0));
+    }
+}

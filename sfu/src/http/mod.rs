@@ -377,7 +377,7 @@ async fn metrics(State(sfu): State<Sfu>) -> Response {
 
 /// Adds a peer to the SFU's table and its ufrag to the UDP routes; returns its id and the
 /// receiving ends for its task.
-fn register(
+pub(crate) fn register(
     sfu: &Sfu,
     channel: media::ChannelName,
     local_ufrag: String,
