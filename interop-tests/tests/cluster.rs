@@ -340,7 +340,8 @@ mod redis {
             "an unknown node"
         );
         cluster.cli(&["undrain", "node-b"])?;
-        ensure!(!draining(&a)?, "node-b takes newcomers again");
+        // The table follows the registry's event, which may take a moment under load.
+        a.wait_for(Duration::from_secs(5), || Ok(!draining(&a)?))?;
 
         // A public name's certificate, stored for every front; a key that is not the
         // certificate's is refused. (Redis's own certificate stands in for a public one.)
@@ -375,6 +376,29 @@ mod redis {
         eprintln!(
             "node-b gone from the registry {:?} after kill -9",
             killed.elapsed()
+        );
+
+        // SIGTERM: the node leaves the registry and releases its channel as it stops, not a
+        // TTL later: both are gone when the process has exited.
+        let mut c = cluster.node("node-c")?;
+        let _ffmpeg =
+            interop_tests::Ffmpeg::push_rtmp(&c.rtmp_url("leaving"), interop_tests::FAST_X264)?;
+        c.wait_for(Duration::from_secs(20), || {
+            Ok(cluster.cli(&["channels"])?.contains("leaving"))
+        })?;
+        ensure!(
+            c.terminate(Duration::from_secs(8))? == Some(true),
+            "node-c exits with success on SIGTERM: {}",
+            c.log()
+        );
+        let (nodes, channels) = (cluster.cli(&["nodes"])?, cluster.cli(&["channels"])?);
+        ensure!(
+            !nodes.contains("node-c"),
+            "node-c still registered: {nodes}"
+        );
+        ensure!(
+            !channels.contains("leaving"),
+            "its channel still claimed: {channels}"
         );
         Ok(())
     }
