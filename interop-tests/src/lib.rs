@@ -15,6 +15,30 @@ use serde_json::Value;
 mod shim;
 pub use shim::Shim;
 
+/// An RTMP client's handshake (rml_rtmp's); the bytes the server sent after it.
+pub fn rtmp_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    let mut handshake = Handshake::new(PeerType::Client);
+    stream.write_all(&handshake.generate_outbound_p0_and_p1()?)?;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = stream.read(&mut buf)?;
+        ensure!(n > 0, "closed during the handshake");
+        match handshake.process_bytes(&buf[..n])? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                stream.write_all(&response_bytes)?
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                stream.write_all(&response_bytes)?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
+}
+
 /// The release build of `starling` (`cargo build --release`; scripts/test makes it).
 pub fn release_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -535,7 +559,19 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Reply> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    request_on(stream, addr, method, path, headers, body)
+}
+
+/// An HTTP/1.1 request on a connection already made (from a chosen source address, say).
+pub fn request_on(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use media::bitstream::{avc, hevc};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
@@ -107,25 +106,7 @@ impl Publisher {
     fn connect(addr: SocketAddr, stream_key: &str) -> Result<Self> {
         let mut stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut handshake = Handshake::new(PeerType::Client);
-        stream.write_all(&handshake.generate_outbound_p0_and_p1()?)?;
-        let mut buf = vec![0u8; 8192];
-        let remaining = loop {
-            let n = stream.read(&mut buf)?;
-            ensure!(n > 0, "closed during the handshake");
-            match handshake.process_bytes(&buf[..n])? {
-                HandshakeProcessResult::InProgress { response_bytes } => {
-                    stream.write_all(&response_bytes)?
-                }
-                HandshakeProcessResult::Completed {
-                    response_bytes,
-                    remaining_bytes,
-                } => {
-                    stream.write_all(&response_bytes)?;
-                    break remaining_bytes;
-                }
-            }
-        };
+        let remaining = interop_tests::rtmp_handshake(&mut stream)?;
         let (session, results) = ClientSession::new(ClientSessionConfig::new())?;
         let mut publisher = Self { stream, session };
         publisher.handle(results)?;

@@ -8,9 +8,10 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use interop_tests::{num, release_bin, sdp_offer, Browser, Ffmpeg, Server, FAST_X264};
+use interop_tests::{
+    num, release_bin, request_on, rtmp_handshake, sdp_offer, Browser, Ffmpeg, Server, FAST_X264,
+};
 use rml_rtmp::chunk_io::ChunkSerializer;
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::MessagePayload;
 use rml_rtmp::time::RtmpTimestamp;
 use socket2::{Domain, Socket, Type};
@@ -54,44 +55,9 @@ fn http_from(
     path: &str,
     body: &str,
 ) -> Result<(u16, String, String)> {
-    let mut stream = connect_from(from, to)?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
-}
-
-/// An RTMP client's handshake; the bytes the server sent after it.
-fn rtmp_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
-    let mut handshake = Handshake::new(PeerType::Client);
-    stream.write_all(&handshake.generate_outbound_p0_and_p1()?)?;
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf)?;
-        ensure!(n > 0, "closed during the handshake");
-        match handshake.process_bytes(&buf[..n])? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                stream.write_all(&response_bytes)?
-            }
-            HandshakeProcessResult::Completed {
-                response_bytes,
-                remaining_bytes,
-            } => {
-                stream.write_all(&response_bytes)?;
-                return Ok(remaining_bytes);
-            }
-        }
-    }
+    let headers = [("Content-Type", "application/sdp")];
+    let reply = request_on(connect_from(from, to)?, to, method, path, &headers, body)?;
+    Ok((reply.status, reply.headers, reply.body))
 }
 
 /// An RTMP publisher on `key`: connect, createStream and publish sent in one go (as ffmpeg
