@@ -14,10 +14,9 @@ use hyper_util::service::TowerToHyperService;
 use ingest::limits::PerIp;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower_http::add_extension::AddExtension;
 use tower_http::timeout::TimeoutLayer;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// The HTTP listener's settings (`[http]`).
 #[derive(Debug, Deserialize)]
@@ -65,38 +64,23 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(config.header_timeout_secs.max(1)))
         .max_headers(64);
     let http1 = Arc::new(http1);
-    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                warn!(%err, "http accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let place = match per_ip.try_acquire(peer.ip()) {
-            Ok(place) => place,
-            Err(refused) => {
-                if refused.is_power_of_two() {
-                    warn!(%peer, refused, cap = per_ip.limit(),
-                        "http connection refused: too many from this address");
+    ingest::listen::accept_loop(
+        listener,
+        "http",
+        config.max_connections,
+        per_ip,
+        move |stream, peer| {
+            let _ = stream.set_nodelay(true);
+            let app = AddExtension::new(app.clone(), sfu::ClientAddr(peer));
+            let service = TowerToHyperService::new(app);
+            let http1 = http1.clone();
+            async move {
+                if let Err(err) = http1.serve_connection(TokioIo::new(stream), service).await {
+                    debug!(%err, "http connection ended");
                 }
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let app = AddExtension::new(app.clone(), sfu::ClientAddr(peer));
-        let service = TowerToHyperService::new(app);
-        let http1 = http1.clone();
-        tokio::spawn(async move {
-            if let Err(err) = http1.serve_connection(TokioIo::new(stream), service).await {
-                debug!(%err, %peer, "http connection ended");
-            }
-            drop((place, permit));
-        });
-    }
+        },
+    )
+    .await;
+    Ok(())
 }

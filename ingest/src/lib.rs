@@ -6,7 +6,7 @@ mod claims;
 pub mod es;
 pub mod ftl;
 pub mod limits;
-mod listen;
+pub mod listen;
 pub mod mpegts;
 mod publish;
 pub mod rtmp;

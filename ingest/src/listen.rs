@@ -1,6 +1,6 @@
-//! The accept loop TCP ingest protocols share: at most `limit` connections served at once
-//! (more wait in the kernel's accept queue), at most `per_ip`'s cap from one client address
-//! (more are closed at once), one task each, in a span naming the peer.
+//! The accept loop every TCP listener shares (RTMP, FTL, HTTP): at most `limit` connections
+//! served at once (more wait in the kernel's accept queue), at most `per_ip`'s cap from one
+//! client address (more are closed at once), one task each, in a span naming the peer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use tracing::{info_span, warn, Instrument};
 use crate::limits::PerIp;
 
 /// Accepts on `listener` until the task is dropped; `serve` runs each connection.
-pub(crate) async fn accept_loop<F, Fut>(
+pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     protocol: &'static str,
     limit: usize,

@@ -165,6 +165,19 @@ pub(crate) enum Role {
     Viewer { bwe: bool, rtp_mode: bool },
 }
 
+/// ICE-lite, and every codec Starling moves.
+fn every_codec(builder: str0m::RtcConfig) -> str0m::RtcConfig {
+    builder
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_vp8(true)
+        .enable_vp9(true)
+        .enable_av1(true)
+        .enable_h265(true)
+        .enable_opus(true, false)
+}
+
 /// An ICE-lite `Rtc` that knows every codec Starling moves, with our host candidates.
 fn new_rtc(sfu: &Sfu, role: Role) -> Rtc {
     let (bwe, rtp_mode, twcc) = match role {
@@ -183,21 +196,13 @@ fn new_rtc(sfu: &Sfu, role: Role) -> Rtc {
             exts.set(id, ext.clone());
         }
     }
-    let mut builder = Rtc::builder()
+    let mut builder = every_codec(Rtc::builder())
         .set_rtp_mode(rtp_mode)
-        .set_ice_lite(true)
         .set_crypto_provider(crate::dtls::crypto_provider(matches!(
             role,
             Role::Viewer { .. }
         )))
         .set_extension_map(exts)
-        .clear_codecs()
-        .enable_h264(true)
-        .enable_vp8(true)
-        .enable_vp9(true)
-        .enable_av1(true)
-        .enable_h265(true)
-        .enable_opus(true, false)
         .set_send_buffer_video(RESEND_MAX_PACKETS);
     if let Some(cert) = crate::dtls::certificate() {
         builder = builder.set_dtls_cert(cert);
@@ -447,16 +452,7 @@ pub(crate) fn fuzz_offer(body: &str) {
     let Ok(offer) = parse_offer(body) else {
         return;
     };
-    let mut rtc = Rtc::builder()
-        .set_ice_lite(true)
-        .clear_codecs()
-        .enable_h264(true)
-        .enable_vp8(true)
-        .enable_vp9(true)
-        .enable_av1(true)
-        .enable_h265(true)
-        .enable_opus(true, false)
-        .build(Instant::now());
+    let mut rtc = every_codec(Rtc::builder()).build(Instant::now());
     if let Ok(candidate) = Candidate::host(([127, 0, 0, 1], 8189).into(), "udp") {
         rtc.add_local_candidate(candidate);
     }
