@@ -116,16 +116,21 @@ fn value(r: &mut Reader<'_>) -> Result<Value, Amf0Error> {
 }
 
 /// Checks the AMF0 values of one message (a command or data message's body): refused if
-/// nested deeper than [`MAX_DEPTH`] or if rml_amf0 would refuse it.
-pub(crate) fn check(bytes: &[u8]) -> Result<(), Amf0Error> {
+/// nested deeper than [`MAX_DEPTH`] or if rml_amf0 would refuse it; else how many values it
+/// has at the top level.
+pub(crate) fn check(bytes: &[u8]) -> Result<usize, Amf0Error> {
     let mut r = Reader { bytes };
     let mut stack: Vec<Open> = Vec::new();
+    let mut values = 0;
     loop {
         let found = match stack.last_mut() {
             // The top level: values until the input (or an object-end marker) ends them.
             None => match value(&mut r)? {
-                Value::End => return Ok(()),
-                found => found,
+                Value::End => return Ok(values),
+                found => {
+                    values += 1;
+                    found
+                }
             },
             Some(Open::Array(0)) => {
                 stack.pop();
@@ -202,12 +207,12 @@ mod tests {
             Amf0Value::StrictArray(vec![Amf0Value::Number(1.0), Amf0Value::Object(meta)]),
         ];
         let bytes = rml_amf0::serialize(&values).expect("serialize");
-        assert_eq!(check(&bytes), Ok(()));
+        assert_eq!(check(&bytes), Ok(6));
     }
 
     #[test]
     fn nesting_is_limited_without_recursion() {
-        assert_eq!(check(&nested_arrays(MAX_DEPTH)), Ok(()));
+        assert_eq!(check(&nested_arrays(MAX_DEPTH)), Ok(1));
         assert_eq!(
             check(&nested_arrays(MAX_DEPTH + 1)),
             Err(Amf0Error::TooDeep)

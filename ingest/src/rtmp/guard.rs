@@ -33,6 +33,10 @@ pub(crate) enum Refused {
     /// An AMF message the bounded walk refused.
     #[error(transparent)]
     Amf0(#[from] amf0::Amf0Error),
+    /// A command without its name, transaction id and command object (rml_rtmp 0.8 panics
+    /// on one: it drains the first three values unchecked).
+    #[error("AMF command of {0} values (at least 3)")]
+    ShortCommand(usize),
     /// The chunk stream itself is malformed.
     #[error("malformed chunk stream")]
     Chunks,
@@ -91,7 +95,10 @@ impl Guard {
                         (AMF3_COMMAND, Some(0)) => &data[1..],
                         _ => data,
                     };
-                    amf0::check(body)?;
+                    let values = amf0::check(body)?;
+                    if matches!(message.type_id, AMF0_COMMAND | AMF3_COMMAND) && values < 3 {
+                        return Err(Refused::ShortCommand(values));
+                    }
                 }
                 _ => {}
             }
@@ -122,6 +129,7 @@ mod tests {
     fn nested(depth: usize) -> Vec<u8> {
         let mut bytes = vec![0x02, 0, 7];
         bytes.extend_from_slice(b"connect");
+        bytes.extend_from_slice(&[0x00, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0]); // transaction 1
         for _ in 0..depth {
             bytes.extend_from_slice(&[0x0a, 0, 0, 0, 1]);
         }
@@ -146,6 +154,23 @@ mod tests {
             guard.check(&chunks(AMF3_COMMAND, amf3), true),
             Err(Refused::Amf0(amf0::Amf0Error::TooDeep))
         ));
+    }
+
+    #[test]
+    fn a_command_needs_its_name_transaction_and_object() {
+        // "connect" and a transaction id, no command object: rml_rtmp would panic on it.
+        let short = vec![
+            0x02, 0, 7, b'c', b'o', b'n', b'n', b'e', b'c', b't', 0x00, 0x3f, 0xf0, 0, 0, 0, 0, 0,
+            0,
+        ];
+        let mut guard = Guard::new();
+        assert_eq!(
+            guard.check(&chunks(AMF0_COMMAND, short.clone()), false),
+            Err(Refused::ShortCommand(2))
+        );
+        // As data (onMetaData and the like) any number of values is fine.
+        let mut guard = Guard::new();
+        assert_eq!(guard.check(&chunks(AMF0_DATA, short), true), Ok(()));
     }
 
     #[test]
