@@ -12,6 +12,7 @@ mod publish;
 pub mod rtmp;
 pub mod srt;
 pub mod transcode;
+mod untrusted;
 mod unwrap;
 
 use std::sync::Arc;

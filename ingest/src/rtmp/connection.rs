@@ -86,9 +86,8 @@ impl Connection {
         self.handle(stream, &mut session, results, ingest).await?;
         // Every byte goes through the guard before the session parses it.
         let mut guard = Guard::new();
-        guard.check(&remaining, false)?;
-        let results = session
-            .handle_input(&remaining)
+        let results = guard
+            .parse(&mut session, &remaining, false)?
             .map_err(|e| ConnectionError::Session(e.to_string()))?;
         self.handle(stream, &mut session, results, ingest).await?;
         let handshake_deadline = Instant::now() + config.handshake_timeout();
@@ -104,9 +103,8 @@ impl Connection {
             if n == 0 {
                 return Ok(());
             }
-            guard.check(&buf[..n], self.publish.is_some())?;
-            let results = session
-                .handle_input(&buf[..n])
+            let results = guard
+                .parse(&mut session, &buf[..n], self.publish.is_some())?
                 .map_err(|e| ConnectionError::Session(e.to_string()))?;
             self.handle(stream, &mut session, results, ingest).await?;
         }
@@ -310,10 +308,9 @@ async fn handshake(stream: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, Co
         if n == 0 {
             return Err(ConnectionError::Handshake("closed during handshake".into()));
         }
-        match handshake
-            .process_bytes(&buf[..n])
-            .map_err(|e| ConnectionError::Handshake(e.to_string()))?
-        {
+        let processed = crate::untrusted::guarded(|| handshake.process_bytes(&buf[..n]))
+            .ok_or_else(|| ConnectionError::Handshake("unparsable".into()))?;
+        match processed.map_err(|e| ConnectionError::Handshake(e.to_string()))? {
             HandshakeProcessResult::InProgress { response_bytes } => {
                 stream.write_all(&response_bytes).await?
             }

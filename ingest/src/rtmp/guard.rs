@@ -4,6 +4,7 @@
 //! publish starts a connection may send only a little: a handshake and a few commands.
 
 use rml_rtmp::chunk_io::ChunkDeserializer;
+use rml_rtmp::sessions::{ServerSession, ServerSessionError, ServerSessionResult};
 
 use super::amf0;
 
@@ -40,6 +41,9 @@ pub(crate) enum Refused {
     /// The chunk stream itself is malformed.
     #[error("malformed chunk stream")]
     Chunks,
+    /// rml_rtmp panicked on it (caught).
+    #[error("input the RTMP parser cannot take")]
+    Unparsable,
 }
 
 /// The check of one connection's input.
@@ -54,6 +58,22 @@ impl Guard {
             chunks: ChunkDeserializer::new(),
             before_publish: 0,
         }
+    }
+
+    /// Checks the next `bytes` read after the handshake, then has `session` parse them: its
+    /// results, or why the bytes were refused. A panic in rml_rtmp (in the check's chunk
+    /// deserializer or the session's) is caught and refuses them.
+    pub(crate) fn parse(
+        &mut self,
+        session: &mut ServerSession,
+        bytes: &[u8],
+        publishing: bool,
+    ) -> Result<Result<Vec<ServerSessionResult>, ServerSessionError>, Refused> {
+        crate::untrusted::guarded(|| {
+            self.check(bytes, publishing)?;
+            Ok(session.handle_input(bytes))
+        })
+        .unwrap_or(Err(Refused::Unparsable))
     }
 
     /// Checks the next `bytes` read after the handshake, before the session parses them.
@@ -171,6 +191,29 @@ mod tests {
         // As data (onMetaData and the like) any number of values is fine.
         let mut guard = Guard::new();
         assert_eq!(guard.check(&chunks(AMF0_DATA, short), true), Ok(()));
+    }
+
+    /// rml_rtmp's chunk deserializer subtracts a message's new length from what it holds of
+    /// it, unchecked: a chunk that shortens a message already begun panics it (found by the
+    /// fuzz target). Caught, and the input refused.
+    #[test]
+    fn input_that_panics_rml_rtmp_is_refused() {
+        let crash = include_bytes!("../../tests/data/rtmp_chunk_length_underflow.bin");
+        let (mut session, _) =
+            ServerSession::new(rml_rtmp::sessions::ServerSessionConfig::new()).expect("session");
+        let mut guard = Guard::new();
+        let mut refused = None;
+        for part in crash.chunks(usize::from(crash[0]).max(1) * 16) {
+            match guard.parse(&mut session, part, false) {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break,
+                Err(why) => {
+                    refused = Some(why);
+                    break;
+                }
+            }
+        }
+        assert_eq!(refused, Some(Refused::Unparsable));
     }
 
     #[test]

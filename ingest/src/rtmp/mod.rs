@@ -74,6 +74,8 @@ pub mod fuzzing {
         ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
     };
 
+    use crate::untrusted::guarded;
+
     use super::flv;
     use super::guard::Guard;
 
@@ -81,7 +83,7 @@ pub mod fuzzing {
     /// were done, the guard, rml_rtmp's chunk stream and AMF0 commands (connections and
     /// publishes accepted), and the FLV tags of any media, in reads of varying size.
     pub fn connection(data: &[u8]) {
-        let _ = Handshake::new(PeerType::Server).process_bytes(data);
+        let _ = guarded(|| Handshake::new(PeerType::Server).process_bytes(data));
         let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) else {
             return;
         };
@@ -89,10 +91,7 @@ pub mod fuzzing {
         let mut publishing = false;
         let read = usize::from(data.first().copied().unwrap_or(1)).max(1) * 16;
         for part in data.chunks(read) {
-            if guard.check(part, publishing).is_err() {
-                return;
-            }
-            let Ok(results) = session.handle_input(part) else {
+            let Ok(Ok(results)) = guard.parse(&mut session, part, publishing) else {
                 return;
             };
             for result in results {

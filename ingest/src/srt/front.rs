@@ -10,12 +10,10 @@
 //! one local socket per caller, so srt-tokio still tells callers apart. Callers are bounded
 //! in number, and a caller silent for a while is forgotten.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr};
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use srt_protocol::packet::{ControlTypes, HandshakeVsInfo, Packet, SrtControlPacket};
@@ -61,37 +59,11 @@ pub(crate) enum Screened {
     KeyMaterialNotARequest,
 }
 
-thread_local! {
-    /// Set while srt-protocol parses a stranger's datagram: its panics are expected, caught,
-    /// and not printed.
-    static SCREENING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Keeps the panics caught while screening out of the process's output; others print as
-/// before.
-fn quiet_screening_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if !SCREENING.with(Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-}
-
 /// Whether srt-tokio's listener may be given `datagram`. Pure but for the panic it catches.
 pub(crate) fn screen(datagram: &[u8], passphrase: bool) -> Result<Packet, Screened> {
-    quiet_screening_panics();
-    SCREENING.with(|s| s.set(true));
-    let parsed = panic::catch_unwind(AssertUnwindSafe(|| {
-        Packet::parse(&mut Cursor::new(datagram), false)
-    }));
-    SCREENING.with(|s| s.set(false));
-    let packet = match parsed {
-        Ok(Ok(packet)) => packet,
-        _ => return Err(Screened::Malformed),
+    let parsed = crate::untrusted::guarded(|| Packet::parse(&mut Cursor::new(datagram), false));
+    let Some(Ok(packet)) = parsed else {
+        return Err(Screened::Malformed);
     };
     if let Packet::Control(control) = &packet {
         if let ControlTypes::Handshake(handshake) = &control.control_type {
