@@ -868,6 +868,14 @@ pub fn num(v: &Value, path: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// This host's address on the route to `to` (loopback for a loopback server, the veth address
+/// for a server in a namespace of its own).
+pub fn local_ip_towards(to: SocketAddr) -> Result<std::net::IpAddr> {
+    let probe = UdpSocket::bind("0.0.0.0:0")?;
+    probe.connect(to)?;
+    Ok(probe.local_addr()?.ip())
+}
+
 /// A WHEP viewer on str0m that offers H.265 only; counts the H.265 frames it receives.
 pub fn watch_h265(server: &Server, channel: &str, until: Instant) -> Result<(u64, u64)> {
     use media::bitstream::{avc, hevc};
@@ -880,7 +888,7 @@ pub fn watch_h265(server: &Server, channel: &str, until: Instant) -> Result<(u64
         .clear_codecs()
         .enable_h265(true)
         .build(Instant::now());
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let socket = UdpSocket::bind((local_ip_towards(server.webrtc)?, 0))?;
     let local = socket.local_addr()?;
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
     let mut api = rtc.sdp_api();

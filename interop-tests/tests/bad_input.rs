@@ -9,7 +9,7 @@ use interop_tests::{Ffmpeg, Server, FAST_X264};
 
 #[test]
 fn garbage_on_the_rtmp_port_does_not_stop_other_publishers() -> Result<()> {
-    let server = Server::start(None)?;
+    let server = Server::start_isolated(None, &[])?;
     // Garbage instead of a handshake, a handshake cut short, and an idle connection.
     let mut garbage = TcpStream::connect(server.rtmp)?;
     garbage.write_all(&[0xff; 4096])?;
@@ -25,7 +25,7 @@ fn garbage_on_the_rtmp_port_does_not_stop_other_publishers() -> Result<()> {
 
 #[test]
 fn wrong_key_is_refused_and_never_logged() -> Result<()> {
-    let server = Server::start(Some("[channels.alice]\nkey = \"right-key\"\n"))?;
+    let server = Server::start_isolated(Some("[channels.alice]\nkey = \"right-key\"\n"), &[])?;
     let refused = Ffmpeg::push_rtmp(&server.rtmp_url("alice?key=hunter2-wrong"), FAST_X264)?;
     let (ok, stderr) = refused.wait_exit(Duration::from_secs(20))?;
     assert!(!ok, "ffmpeg should fail when the publish is refused");
@@ -68,7 +68,7 @@ fn wrong_key_is_refused_and_never_logged() -> Result<()> {
 
 #[test]
 fn second_publisher_on_a_live_channel_is_refused() -> Result<()> {
-    let server = Server::start(None)?;
+    let server = Server::start_isolated(None, &[])?;
     let _first = Ffmpeg::push_rtmp(&server.rtmp_url("solo"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("solo")?.is_some())
@@ -88,7 +88,7 @@ fn second_publisher_on_a_live_channel_is_refused() -> Result<()> {
 
 #[test]
 fn whep_errors_are_clear() -> Result<()> {
-    let server = Server::start(None)?;
+    let server = Server::start_isolated(None, &[])?;
     let (status, body) = server.post("/whep/nobody", "application/sdp", "v=0\r\n")?;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not live"));
@@ -121,7 +121,7 @@ fn whep_errors_are_clear() -> Result<()> {
 
 #[test]
 fn a_publisher_that_stops_sending_times_out_and_frees_the_channel() -> Result<()> {
-    let server = Server::start(Some("[rtmp]\nidle_timeout_secs = 2\n"))?;
+    let server = Server::start_isolated(Some("[rtmp]\nidle_timeout_secs = 2\n"), &[])?;
     let stalled = Ffmpeg::push_rtmp(&server.rtmp_url("stall"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("stall")?.is_some())

@@ -183,7 +183,7 @@ impl Publisher {
 
 #[test]
 fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
-    let server = Server::start(None)?;
+    let server = Server::start_isolated(None, &[])?;
     let units = hevc_access_units()?;
     ensure!(units.len() >= 60, "{} access units", units.len());
     let mut publisher = Publisher::connect(server.rtmp, "studio")?;
@@ -268,7 +268,7 @@ fn av1_temporal_units(stream: &[u8]) -> Result<Vec<(Vec<u8>, bool)>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn av1_over_enhanced_rtmp_plays_in_chromium() -> Result<()> {
-    let server = Server::start(None)?;
+    let server = Server::start_isolated(None, &[])?;
     let aom = ["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8"];
     let gop = ["-g", "30", "-keyint_min", "30"];
     let units = av1_temporal_units(&encode(2, &[&aom[..], &gop[..]].concat(), "obu")?)?;

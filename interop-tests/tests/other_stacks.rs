@@ -254,7 +254,7 @@ async fn webrtc_rs_publishes_over_whip_and_views_over_whep() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn dtls_takes_rsa_client_certificates_and_ecdsa_only_suites() -> Result<()> {
     let media = Media::make("dtls")?;
-    let server = Server::start(Some(&config("dtls")))?;
+    let server = Server::start_isolated(Some(&config("dtls")), &[])?;
     let rsa = media.path("rsa.pem");
     let publisher = Client::webrtc_rs(
         "publish",

@@ -47,7 +47,7 @@ fn print_server_added(server: &Server) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn srt_with_aac_plays_in_chromium() -> Result<()> {
-    let server = Server::start(Some(CONFIG))?;
+    let server = Server::start_isolated(Some(CONFIG), &[])?;
     let ffmpeg = push_live(
         &server,
         "publish:studio?key=s3cret",
@@ -64,7 +64,7 @@ async fn srt_with_aac_plays_in_chromium() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn srt_with_opus_in_the_access_control_form_plays_in_chromium() -> Result<()> {
-    let server = Server::start(Some(CONFIG))?;
+    let server = Server::start_isolated(Some(CONFIG), &[])?;
     let _ffmpeg = push_live(
         &server,
         "#!::r=studio,m=publish,s=s3cret",
@@ -148,7 +148,7 @@ mod refusals {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn bad_keys_ids_and_modes_are_refused_with_their_codes() -> Result<()> {
-        let server = Server::start(Some(CONFIG))?;
+        let server = Server::start_isolated(Some(CONFIG), &[])?;
         let srt = server.srt;
         assert_eq!(
             rejection(srt, "publish:studio?key=typo-k3y-77").await?,
@@ -183,7 +183,7 @@ mod refusals {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_second_publisher_is_refused_and_a_quiet_one_ends_its_channel() -> Result<()> {
-        let server = Server::start(Some(CONFIG))?;
+        let server = Server::start_isolated(Some(CONFIG), &[])?;
         let ffmpeg = Ffmpeg::push_srt(
             &server.srt_url("publish:studio?key=s3cret"),
             FAST_X264,
@@ -213,7 +213,7 @@ mod refusals {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn garbage_instead_of_mpeg_ts_is_survived() -> Result<()> {
-        let server = Server::start(Some(CONFIG))?;
+        let server = Server::start_isolated(Some(CONFIG), &[])?;
         let mut socket = call(server.srt, "publish:studio?key=s3cret").await?;
         server.wait_for(Duration::from_secs(10), || {
             Ok(server.channel("studio")?.is_some())
@@ -301,7 +301,7 @@ mod refusals {
         // A listener without a passphrase, a live SRT publisher, and callers that send a
         // passphrase: srt-tokio's listener task would panic on them and close every SRT
         // connection; the front refuses them, and the live publisher's media keeps flowing.
-        let plain = Server::start(Some(CONFIG))?;
+        let plain = Server::start_isolated(Some(CONFIG), &[])?;
         let mut live = super::push_live(&plain, "publish:studio?key=s3cret", &[])?;
         let stray = SrtSocket::builder()
             .encryption(16, "a stray passphrase")

@@ -32,7 +32,7 @@ fn whip(
 
 #[test]
 fn whip_status_codes_cors_patch_and_delete() -> Result<()> {
-    let server = Server::start(Some(CONFIG))?;
+    let server = Server::start_isolated(Some(CONFIG), &[])?;
     let offer = sdp_offer(true, true, true, false);
 
     // Preflight from a page on another origin.
@@ -163,7 +163,7 @@ fn whip_status_codes_cors_patch_and_delete() -> Result<()> {
 
 #[test]
 fn whep_refuses_a_viewer_that_cannot_decode_the_stream() -> Result<()> {
-    let server = Server::start(Some(CONFIG))?;
+    let server = Server::start_isolated(Some(CONFIG), &[])?;
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("bob?key=b0b"), &["-bf", "0", "-g", "30"])?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("bob")?.is_some_and(|c| {
