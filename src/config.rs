@@ -24,6 +24,10 @@ pub struct Config {
     pub webrtc: sfu::WebRtcConfig,
     /// The media bus: memory limits of each track, publisher reconnect grace period.
     pub bus: media::BusConfig,
+    /// The relay between nodes: QUIC address, tier, cache, trusted outside clients.
+    pub relay: relay::RelayConfig,
+    /// What this node does (default: everything).
+    pub roles: Vec<cluster::Role>,
     /// The host name clients use to reach this node (used in printed URLs).
     pub public_host: Option<String>,
     /// This node's id in the cluster (default: the host's name).
@@ -43,8 +47,10 @@ pub struct Config {
     pub channels: BTreeMap<String, ingest::ChannelConfig>,
 }
 
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 16] = [
     "http",
+    "relay",
+    "roles",
     "rtmp",
     "srt",
     "ftl",

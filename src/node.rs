@@ -39,6 +39,8 @@ pub fn info(id: NodeId, region: &str, public_host: &str, ports: Ports) -> NodeIn
         ports,
         load: Load::default(),
         draining: false,
+        tier: Default::default(),
+        relay_fingerprint: String::new(),
     }
 }
 

@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// WebRTC media UDP listen address (all viewers share it).
     #[arg(long, value_name = "ADDR")]
     webrtc: Option<SocketAddr>,
+    /// MoQ relay QUIC (UDP) listen address, for other nodes of the cluster.
+    #[arg(long, value_name = "ADDR")]
+    relay: Option<SocketAddr>,
+    /// What this node does, any of ingest,sfu,relay,signaling (default: all).
+    #[arg(long, value_name = "ROLES", value_delimiter = ',')]
+    roles: Option<Vec<cluster::Role>>,
     /// This node's id in the cluster registry (default: the host's name).
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -56,6 +62,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.srt.listen = args.srt.unwrap_or(config.srt.listen);
     config.ftl.listen = args.ftl.unwrap_or(config.ftl.listen);
     config.webrtc.listen = args.webrtc.unwrap_or(config.webrtc.listen);
+    config.relay.listen = args.relay.unwrap_or(config.relay.listen);
+    config.roles = args.roles.unwrap_or(config.roles);
     config.public_host = args.public_host.or(config.public_host);
     config.node_id = args.node_id.or(config.node_id);
     config.region = args.region.or(config.region);
@@ -71,15 +79,22 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     }
     let bus = media::Bus::with_config(config.bus);
 
+    let roles = Roles::from(&config.roles);
     let http = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("HTTP {}", config.http.listen))?;
-    let rtmp = TcpListener::bind(config.rtmp.listen)
-        .await
-        .with_context(|| format!("RTMP {}", config.rtmp.listen))?;
-    let ftl = TcpListener::bind(config.ftl.listen)
-        .await
-        .with_context(|| format!("FTL {}", config.ftl.listen))?;
+    // Publishers' listeners only on a node with the ingest role.
+    let (rtmp, ftl) = if roles.ingest {
+        let rtmp = TcpListener::bind(config.rtmp.listen)
+            .await
+            .with_context(|| format!("RTMP {}", config.rtmp.listen))?;
+        let ftl = TcpListener::bind(config.ftl.listen)
+            .await
+            .with_context(|| format!("FTL {}", config.ftl.listen))?;
+        (Some(rtmp), Some(ftl))
+    } else {
+        (None, None)
+    };
     config.srt.validate().map_err(anyhow::Error::msg)?;
     let node_id = crate::node::node_id(config.node_id.as_deref())?;
     let registry = crate::registry::open(
@@ -104,7 +119,29 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
         async move { routing.follow(&*registry).await }
     });
     let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
-    let (http_addr, rtmp_addr) = (http.local_addr()?, rtmp.local_addr()?);
+    sfu.set_roles(roles.sfu, roles.ingest);
+    // The relay: other nodes pull what is published here; viewers here watch what is
+    // published elsewhere.
+    let relay = if roles.relay {
+        let me = relay::Me {
+            id: node_id.clone(),
+            region: config
+                .region
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+        };
+        let relay = relay::Relay::start(config.relay.clone(), me, bus.clone(), routing.clone())
+            .context("relay")?;
+        relay.serve_bus();
+        let shown = relay.clone();
+        sfu.add_metrics(Arc::new(move || shown.metrics()));
+        Some(relay)
+    } else {
+        None
+    };
+    let http_addr = http.local_addr()?;
+    let rtmp_addr = rtmp.as_ref().map(TcpListener::local_addr).transpose()?;
+    let ftl_addr = ftl.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let host = config
         .public_host
@@ -112,19 +149,21 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
         .unwrap_or_else(|| display_host(http_addr));
     if banner {
         println!("Starling is running.");
-        println!(
-            "  OBS server (RTMP):  rtmp://{host}:{}/live   stream key: CHANNEL (or CHANNEL?key=SECRET)",
-            rtmp_addr.port()
-        );
-        println!(
-            "  SRT:                srt://{host}:{}?streamid=publish:CHANNEL?key=SECRET (MPEG-TS)",
-            config.srt.listen.port()
-        );
-        println!(
-            "  FTL (OBS <= 29):    {host}:{} (media on UDP {}+)   stream key: CHANNEL_ID-SECRET",
-            ftl.local_addr()?.port(),
-            config.ftl.media_port_first
-        );
+        if let (Some(rtmp), Some(ftl)) = (rtmp_addr, ftl_addr) {
+            println!(
+                "  OBS server (RTMP):  rtmp://{host}:{}/live   stream key: CHANNEL (or CHANNEL?key=SECRET)",
+                rtmp.port()
+            );
+            println!(
+                "  SRT:                srt://{host}:{}?streamid=publish:CHANNEL?key=SECRET (MPEG-TS)",
+                config.srt.listen.port()
+            );
+            println!(
+                "  FTL (OBS <= 29):    {host}:{} (media on UDP {}+)   stream key: CHANNEL_ID-SECRET",
+                ftl.port(),
+                config.ftl.media_port_first
+            );
+        }
         println!(
             "  Watch:              http://{host}:{}/watch/CHANNEL",
             http_addr.port()
@@ -140,31 +179,64 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
             sfu.local_addr(),
             sfu.candidates()
         );
+        if let Some(relay) = &relay {
+            println!(
+                "  Relay (MoQ/QUIC):   udp {} ({:?} tier, certificate sha256 {})",
+                relay
+                    .local_addr()
+                    .map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                relay.tier(),
+                relay.fingerprint()
+            );
+        }
     }
-    info!(http = %http_addr, rtmp = %rtmp_addr, srt = %config.srt.listen, webrtc = %sfu.local_addr(), "listening");
+    info!(
+        http = %http_addr,
+        rtmp = ?rtmp_addr,
+        srt = %config.srt.listen,
+        webrtc = %sfu.local_addr(),
+        relay = ?relay.as_ref().and_then(relay::Relay::local_addr),
+        roles = ?roles.list(),
+        "listening"
+    );
 
     // The listeners: the first to end (an error) ends the node, as a signal does.
     let mut listeners = tokio::task::JoinSet::new();
-    listeners.spawn(
-        ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()).map(|()| anyhow::Ok(())),
-    );
-    let srt_listen = config.srt.listen;
-    listeners.spawn(
-        ingest::srt::serve(config.srt.clone(), ingest.clone())
-            .map(move |r| r.with_context(|| format!("SRT {srt_listen}"))),
-    );
-    listeners
-        .spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest.clone()).map(|()| Ok(())));
+    if let (Some(rtmp), Some(ftl)) = (rtmp, ftl) {
+        listeners.spawn(
+            ingest::ftl::serve(ftl, config.ftl.clone(), ingest.clone()).map(|()| anyhow::Ok(())),
+        );
+        let srt_listen = config.srt.listen;
+        listeners.spawn(
+            ingest::srt::serve(config.srt.clone(), ingest.clone())
+                .map(move |r| r.with_context(|| format!("SRT {srt_listen}"))),
+        );
+        listeners
+            .spawn(ingest::rtmp::serve(rtmp, config.rtmp.clone(), ingest.clone()).map(|()| Ok(())));
+    }
     let ports = cluster::Ports {
         http: http_addr.port(),
-        rtmp: rtmp_addr.port(),
-        srt: config.srt.listen.port(),
-        ftl: config.ftl.listen.port(),
+        rtmp: rtmp_addr.map_or(0, |a| a.port()),
+        srt: if roles.ingest {
+            config.srt.listen.port()
+        } else {
+            0
+        },
+        ftl: ftl_addr.map_or(0, |a| a.port()),
         webrtc: sfu.local_addr().port(),
+        relay: relay
+            .as_ref()
+            .and_then(relay::Relay::local_addr)
+            .map_or(0, |a| a.port()),
         ..cluster::Ports::default()
     };
     let region = config.region.as_deref().unwrap_or("default");
-    let me = crate::node::info(node_id.clone(), region, &host, ports);
+    let mut me = crate::node::info(node_id.clone(), region, &host, ports);
+    me.roles = roles.list();
+    if let Some(relay) = &relay {
+        me.tier = relay.tier();
+        me.relay_fingerprint = relay.fingerprint().to_owned();
+    }
     let status = {
         let (sfu, bus) = (sfu.clone(), bus.clone());
         let mut bitrate = crate::node::Bitrate::default();
@@ -172,7 +244,7 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
             let channels: Vec<media::ChannelName> = bus
                 .live()
                 .into_iter()
-                .filter(|b| b.publishing)
+                .filter(|b| b.publishing && !b.relayed)
                 .map(|b| b.name)
                 .collect();
             crate::node::Status {
@@ -224,6 +296,9 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     // Whatever ended the node: stop accepting, hang up every WebRTC session, and deregister,
     // which releases this node's channel claims. A few seconds at most.
     listeners.abort_all();
+    if let Some(relay) = &relay {
+        relay.close();
+    }
     sfu.close_all(SHUTDOWN_GRACE).await;
     let _ = stop.send(());
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, renew_task).await;
@@ -256,5 +331,40 @@ fn display_host(addr: SocketAddr) -> String {
         "localhost".to_owned()
     } else {
         addr.ip().to_string()
+    }
+}
+
+/// What this node does (`--roles`, `roles = [...]`; all when none are given).
+#[derive(Clone, Copy, Debug)]
+struct Roles {
+    ingest: bool,
+    sfu: bool,
+    signaling: bool,
+    relay: bool,
+}
+
+impl From<&Vec<cluster::Role>> for Roles {
+    fn from(roles: &Vec<cluster::Role>) -> Self {
+        let has = |r| roles.is_empty() || roles.contains(&r);
+        Self {
+            ingest: has(cluster::Role::Ingest),
+            sfu: has(cluster::Role::Sfu),
+            signaling: has(cluster::Role::Signaling),
+            relay: has(cluster::Role::Relay),
+        }
+    }
+}
+
+impl Roles {
+    fn list(self) -> Vec<cluster::Role> {
+        [
+            (self.ingest, cluster::Role::Ingest),
+            (self.sfu, cluster::Role::Sfu),
+            (self.signaling, cluster::Role::Signaling),
+            (self.relay, cluster::Role::Relay),
+        ]
+        .into_iter()
+        .filter_map(|(on, role)| on.then_some(role))
+        .collect()
     }
 }

@@ -24,6 +24,8 @@ pub(crate) fn node(id: &str) -> NodeInfo {
         },
         load: Load::default(),
         draining: false,
+        tier: Default::default(),
+        relay_fingerprint: String::new(),
     }
 }
 

@@ -11,14 +11,16 @@ mod redis;
 mod redis_events;
 mod registry;
 mod routing;
+mod upstream;
 
 pub use bundle::{download as download_bundle, from_paths as bundle_from_paths, BundleError};
 pub use memory::MemoryRegistry;
-pub use model::{Load, NodeId, NodeInfo, Ports, Role};
+pub use model::{Load, NodeId, NodeInfo, Ports, Role, Tier};
 pub use placement::choose;
 pub use redis::{RedisRegistry, TlsFiles};
 pub use registry::{Certificate, Claim, Event, Registry, RegistryError};
 pub use routing::RoutingTable;
+pub use upstream::{rank, serves_relay, upstreams};
 
 #[cfg(test)]
 mod conformance;

@@ -62,6 +62,31 @@ impl FromStr for Role {
     }
 }
 
+/// A relay node's tier. Primaries face viewers and pull through secondaries (shields), which
+/// pull from the origin (the node holding the channel's publisher) or from a secondary in the
+/// origin's region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Viewer-facing.
+    #[default]
+    Primary,
+    /// A shield between primaries and origins.
+    Secondary,
+}
+
+impl FromStr for Tier {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "primary" => Ok(Tier::Primary),
+            "secondary" => Ok(Tier::Secondary),
+            other => Err(format!("unknown tier {other:?} (primary, secondary)")),
+        }
+    }
+}
+
 /// Where a node listens (0: not listening).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ports {
@@ -109,6 +134,13 @@ pub struct NodeInfo {
     pub load: Load,
     /// Draining: no new placements; its viewers move elsewhere.
     pub draining: bool,
+    /// Its relay tier.
+    #[serde(default)]
+    pub tier: Tier,
+    /// SHA-256 of its relay certificate (hex): the certificate its peers pin, and the only
+    /// one its peers accept from it as a client. Empty: it takes no part in the relay.
+    #[serde(default)]
+    pub relay_fingerprint: String,
 }
 
 impl NodeInfo {

@@ -40,6 +40,8 @@ mod tests {
                 bitrate_out: u64::from(viewers) * 2_500_000,
             },
             draining,
+            tier: Default::default(),
+            relay_fingerprint: String::new(),
         }
     }
 

@@ -190,7 +190,7 @@ pub(crate) fn check_certificate(
 }
 
 /// Whether a renewal is news for the nodes' routing tables: what routing looks at changed
-/// (roles, region, host, ports, draining), or the load did (viewers or ingest streams, or
+/// (roles, region, host, ports, draining, relay tier and certificate), or the load did (viewers or ingest streams, or
 /// bitrate out by more than an eighth). So a busy node announces itself at most once a renewal
 /// and an idle one never.
 pub(crate) fn worth_announcing(old: &NodeInfo, new: &NodeInfo) -> bool {
@@ -200,12 +200,16 @@ pub(crate) fn worth_announcing(old: &NodeInfo, new: &NodeInfo) -> bool {
         &old.public_host,
         &old.ports,
         old.draining,
+        old.tier,
+        &old.relay_fingerprint,
     ) != (
         &new.roles,
         &new.region,
         &new.public_host,
         &new.ports,
         new.draining,
+        new.tier,
+        &new.relay_fingerprint,
     );
     let (a, b) = (&old.load, &new.load);
     let bitrate_moved =

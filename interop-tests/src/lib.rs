@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+pub mod cluster;
 mod shim;
 pub use shim::Shim;
 
@@ -85,6 +86,8 @@ pub struct Server {
     pub ftl: SocketAddr,
     /// WebRTC UDP address.
     pub webrtc: SocketAddr,
+    /// MoQ relay (QUIC) address.
+    pub relay: SocketAddr,
     log: Arc<Mutex<String>>,
     /// The veth pair of a server in its own namespace; it goes with the namespace.
     _link: Option<Veth>,
@@ -97,6 +100,7 @@ struct Listeners {
     srt: SocketAddr,
     ftl: SocketAddr,
     webrtc: SocketAddr,
+    relay: SocketAddr,
 }
 
 /// A veth pair between the test's network namespace and a server's: a /29 of 10.201.0.0/16
@@ -205,6 +209,7 @@ impl Server {
         let srt: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let ftl: SocketAddr = format!("127.0.0.1:{ftl}").parse()?;
         let webrtc: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
+        let relay: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let mut cmd = Command::new(starling_bin());
         cmd.arg("serve");
         for (flag, addr) in [
@@ -213,6 +218,7 @@ impl Server {
             ("--srt", srt),
             ("--ftl", ftl),
             ("--webrtc", webrtc),
+            ("--relay", relay),
         ] {
             cmd.arg(flag).arg(addr.to_string());
         }
@@ -222,6 +228,7 @@ impl Server {
             srt,
             ftl,
             webrtc,
+            relay,
         };
         Self::spawn(starling_bin(), cmd, addrs, config, env, |_| Ok(None))
     }
@@ -277,6 +284,7 @@ impl Server {
             srt: at(9000),
             ftl: at(8084),
             webrtc: at(8189),
+            relay: at(4443),
         };
         Self::spawn(bin.to_owned(), cmd, addrs, config, env, |child| {
             link.attach(child.id())?;
@@ -350,6 +358,7 @@ impl Server {
             srt,
             ftl,
             webrtc,
+            relay,
         } = addrs;
         let mut server = Self {
             child,
@@ -358,6 +367,7 @@ impl Server {
             srt,
             ftl,
             webrtc,
+            relay,
             log,
             _link: link,
         };

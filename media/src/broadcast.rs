@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +16,8 @@ use crate::{ChannelName, TrackConsumer, TrackLimits, TrackProducer};
 
 pub(crate) struct BroadcastShared {
     pub(crate) name: ChannelName,
+    /// Pulled from another node by the relay, not published here.
+    pub(crate) relayed: bool,
     pub(crate) started: SystemTime,
     /// How long viewers wait for a publisher that left to come back.
     grace: Duration,
@@ -28,6 +30,8 @@ pub(crate) struct BroadcastShared {
     wakers: Wakers,
     /// Wakes the publisher when a consumer asks any of its tracks for a keyframe.
     keyframe_notify: Arc<Notify>,
+    /// [`BroadcastConsumer`]s alive: the relay lets a pulled broadcast go when none is left.
+    consumers: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -44,9 +48,10 @@ struct BroadcastState {
 }
 
 impl BroadcastShared {
-    pub(crate) fn new(name: ChannelName, grace: Duration) -> Self {
+    pub(crate) fn new(name: ChannelName, grace: Duration, relayed: bool) -> Self {
         Self {
             name,
+            relayed,
             started: SystemTime::now(),
             grace,
             state: Mutex::new(BroadcastState {
@@ -57,6 +62,7 @@ impl BroadcastShared {
             publishing: AtomicBool::new(true),
             wakers: Wakers::default(),
             keyframe_notify: Arc::new(Notify::new()),
+            consumers: AtomicUsize::new(0),
         }
     }
 
@@ -172,9 +178,13 @@ impl BroadcastProducer {
 
     /// A consumer of this broadcast.
     pub fn consume(&self) -> BroadcastConsumer {
-        BroadcastConsumer {
-            shared: self.shared.clone(),
-        }
+        BroadcastConsumer::new(self.shared.clone())
+    }
+
+    /// [`BroadcastConsumer`]s alive now (viewers, the relay's downstream subscribers, and
+    /// whoever else holds one).
+    pub fn consumers(&self) -> usize {
+        self.shared.consumers.load(Ordering::Relaxed)
     }
 }
 
@@ -202,14 +212,26 @@ impl Drop for BroadcastProducer {
     }
 }
 
-/// Reads one broadcast.
-#[derive(Clone)]
+/// Reads one broadcast. Each one alive is counted ([`BroadcastProducer::consumers`]).
 pub struct BroadcastConsumer {
     shared: Arc<BroadcastShared>,
 }
 
+impl Clone for BroadcastConsumer {
+    fn clone(&self) -> Self {
+        Self::new(self.shared.clone())
+    }
+}
+
+impl Drop for BroadcastConsumer {
+    fn drop(&mut self) {
+        self.shared.consumers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl BroadcastConsumer {
     pub(crate) fn new(shared: Arc<BroadcastShared>) -> Self {
+        shared.consumers.fetch_add(1, Ordering::Relaxed);
         Self { shared }
     }
 
@@ -331,7 +353,7 @@ mod tests {
     #[test]
     fn waiting_for_the_end_while_live_takes_no_lock() {
         let name = ChannelName::new("t").expect("name");
-        let shared = Arc::new(BroadcastShared::new(name, Duration::ZERO));
+        let shared = Arc::new(BroadcastShared::new(name, Duration::ZERO, false));
         let consumer = BroadcastConsumer::new(shared.clone());
         // The state stays locked while another thread polls the wait: one that needed the
         // lock would time out here.

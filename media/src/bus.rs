@@ -1,7 +1,9 @@
 //! The bus: live broadcasts by channel name.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -44,6 +46,18 @@ pub struct LiveBroadcast {
     pub notice: Option<String>,
     /// False while the publisher is away within the reconnect grace period.
     pub publishing: bool,
+    /// Pulled from another node by the relay: its publisher is not here.
+    pub relayed: bool,
+}
+
+/// What a pull from another node resolves to: the broadcast, once its tracks are known here.
+pub type Pull = Pin<Box<dyn Future<Output = Option<BroadcastConsumer>> + Send>>;
+
+/// Where the bus looks for a channel that is not published on this node: the relay, which
+/// pulls it from another node onto this bus ([`Bus::publish_relayed`]).
+pub trait Remote: Send + Sync + 'static {
+    /// Pulls `name` here if it is live elsewhere; `None` if it is not live anywhere reachable.
+    fn pull(&self, name: ChannelName) -> Pull;
 }
 
 /// The bus's settings: per-track memory limits and the publisher reconnect grace period.
@@ -82,6 +96,7 @@ impl BusConfig {
 
 pub(crate) struct BusShared {
     broadcasts: Mutex<HashMap<ChannelName, Arc<BroadcastShared>>>,
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 impl BusShared {
@@ -115,6 +130,7 @@ impl Bus {
         Self {
             shared: Arc::new(BusShared {
                 broadcasts: Mutex::default(),
+                remote: OnceLock::new(),
             }),
             limits,
             grace: Duration::ZERO,
@@ -132,6 +148,16 @@ impl Bus {
     /// Starts a broadcast on `name`; fails if the channel is already live. A publisher that
     /// comes back within the grace period resumes the same broadcast, so its viewers stay.
     pub fn publish(&self, name: ChannelName) -> Result<BroadcastProducer, BusError> {
+        self.publish_as(name, false)
+    }
+
+    /// Starts a broadcast pulled from another node (the relay's). Listed with `relayed: true`,
+    /// so this node never claims it as its origin; a local publisher cannot take it while live.
+    pub fn publish_relayed(&self, name: ChannelName) -> Result<BroadcastProducer, BusError> {
+        self.publish_as(name, true)
+    }
+
+    fn publish_as(&self, name: ChannelName, relayed: bool) -> Result<BroadcastProducer, BusError> {
         let mut map = self.shared.lock();
         if let Some(existing) = map.get(&name) {
             if existing.is_publishing() {
@@ -145,7 +171,9 @@ impl Bus {
                 ));
             }
         }
-        let shared = Arc::new(BroadcastShared::new(name.clone(), self.grace));
+        // A relayed broadcast ends with its pull: the relay itself rides out an upstream's loss.
+        let grace = if relayed { Duration::ZERO } else { self.grace };
+        let shared = Arc::new(BroadcastShared::new(name.clone(), grace, relayed));
         map.insert(name, shared.clone());
         Ok(BroadcastProducer::new(
             shared,
@@ -159,6 +187,21 @@ impl Bus {
         let mut map = self.shared.lock();
         map.retain(|_, b| !b.is_closed());
         map.get(name).cloned().map(BroadcastConsumer::new)
+    }
+
+    /// Where channels not published here are looked for (set once, by the relay).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.shared.remote.set(remote);
+    }
+
+    /// The broadcast on `name`: live here, or pulled from another node through the
+    /// [`Remote`] if one is set.
+    pub async fn find(&self, name: &ChannelName) -> Option<BroadcastConsumer> {
+        if let Some(local) = self.subscribe(name) {
+            return Some(local);
+        }
+        let remote = self.shared.remote.get()?.clone();
+        remote.pull(name.clone()).await
     }
 
     /// Every live broadcast, sorted by name; those whose publisher is away within the grace
@@ -177,6 +220,7 @@ impl Bus {
                 tracks: b.track_infos(),
                 notice: b.notice(),
                 publishing: b.is_publishing(),
+                relayed: b.relayed,
             })
             .collect();
         live.sort_by(|a, b| a.name.cmp(&b.name));

@@ -26,7 +26,7 @@ mod track;
 mod wakers;
 
 pub use broadcast::{BroadcastConsumer, BroadcastProducer};
-pub use bus::{Bus, BusConfig, BusError, LiveBroadcast, TrackInfo};
+pub use bus::{Bus, BusConfig, BusError, LiveBroadcast, Pull, Remote, TrackInfo};
 pub use codec::{AudioCodec, Codec, VideoCodec};
 pub use frame::{Derived, Frame};
 pub use name::{ChannelName, InvalidName};

@@ -21,7 +21,7 @@ mod viewer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ingest::Ingest;
@@ -89,6 +89,11 @@ struct Inner {
     keyframe_requests: AtomicU64,
     /// Sessions not yet connected, per client address.
     pending_per_ip: ingest::limits::PerIp,
+    /// What this node's roles let it take: viewers (`sfu`), WebRTC publishers (`ingest`).
+    takes_viewers: AtomicBool,
+    takes_publishers: AtomicBool,
+    /// More `/metrics` text (the relay's).
+    extra_metrics: std::sync::OnceLock<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// The SFU could not start.
@@ -104,6 +109,20 @@ pub enum SfuError {
 }
 
 impl Sfu {
+    /// Whether this node takes WebRTC viewers (role `sfu`) and WHIP publishers (role
+    /// `ingest`); refused ones hear 503 with the reason.
+    pub fn set_roles(&self, viewers: bool, publishers: bool) {
+        self.inner.takes_viewers.store(viewers, Ordering::Relaxed);
+        self.inner
+            .takes_publishers
+            .store(publishers, Ordering::Relaxed);
+    }
+
+    /// Adds text to `/metrics` (another component's metrics).
+    pub fn add_metrics(&self, render: Arc<dyn Fn() -> String + Send + Sync>) {
+        let _ = self.inner.extra_metrics.set(render);
+    }
+
     /// Binds the WebRTC UDP socket and starts its receive loop. Viewers read `ingest`'s bus;
     /// WHIP publishers are authorised and written by `ingest`.
     pub async fn start(config: WebRtcConfig, ingest: Ingest) -> Result<Self, SfuError> {
@@ -137,6 +156,9 @@ impl Sfu {
             routes: Mutex::default(),
             peers: Mutex::default(),
             keyframe_requests: AtomicU64::new(0),
+            takes_viewers: AtomicBool::new(true),
+            takes_publishers: AtomicBool::new(true),
+            extra_metrics: std::sync::OnceLock::new(),
         };
         let sfu = Self {
             inner: Arc::new(inner),

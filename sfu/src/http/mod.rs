@@ -377,6 +377,9 @@ async fn metrics(State(sfu): State<Sfu>) -> Response {
             "starling_refused_per_ip_total{{listener=\"{listener}\"}} {refused}\n"
         ));
     }
+    if let Some(extra) = sfu.inner.extra_metrics.get() {
+        body.push_str(&extra());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -28,10 +28,22 @@ pub(super) async fn offer(
     if let Err(response) = require_sdp(&headers) {
         return *response;
     }
-    let Some(broadcast) = ChannelName::new(&channel)
-        .ok()
-        .and_then(|name| sfu.inner.bus.subscribe(&name))
-    else {
+    if !sfu
+        .inner
+        .takes_viewers
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node serves no viewers (its roles leave out sfu)",
+        );
+    }
+    // Live here, or pulled from another node by the relay.
+    let found = match ChannelName::new(&channel) {
+        Ok(name) => sfu.inner.bus.find(&name).await,
+        Err(_) => None,
+    };
+    let Some(broadcast) = found else {
         return text(StatusCode::NOT_FOUND, "channel is not live");
     };
     let offer = match parse_offer(&body) {

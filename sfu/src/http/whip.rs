@@ -24,6 +24,16 @@ pub(super) async fn offer(
         Ok(offer) => offer,
         Err(response) => return *response,
     };
+    if !sfu
+        .inner
+        .takes_publishers
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node takes no publishers (its roles leave out ingest)",
+        );
+    }
     let token = bearer(&headers);
     if sfu.publishers() >= sfu.inner.config.max_publishers {
         return text(

@@ -1,0 +1,375 @@
+//! MoQ to bus: a channel pulled from an upstream node onto this node's bus, once however many
+//! viewers or downstream nodes want it (one upstream subscription per track), kept while
+//! anyone reads it and for the linger time after, and moved to another path when its
+//! upstream dies or drains, into the same bus tracks: viewers keep their PeerConnection and
+//! see at most a short freeze.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use media::{BroadcastProducer, ChannelName, Frame, TrackProducer};
+use moq_net::{broadcast, track};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::catalog::{self, Catalog};
+use crate::metrics::{inc, Held};
+use crate::{wire, Shared};
+
+/// How long a pull may take to learn its tracks before the viewer hears "not live".
+pub(crate) const READY_WITHIN: Duration = Duration::from_secs(5);
+/// An upstream that failed is not tried again for this long (others are, then the origin).
+const AVOID_FOR: Duration = Duration::from_secs(10);
+/// How far behind live an upstream subscription may fall before it skips to the newest group.
+const MAX_AGE: Duration = Duration::from_secs(2);
+/// Keyframe requests for one track go upstream at most this often.
+const KEYFRAME_EVERY: Duration = Duration::from_millis(300);
+/// A channel no longer in the routing table for this long is over.
+const GONE_AFTER: Duration = Duration::from_secs(3);
+
+/// Where a pull is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PullState {
+    /// Finding an upstream and its catalog.
+    Starting,
+    /// Its tracks are on the bus.
+    Ready,
+    /// Not live anywhere reachable, or over.
+    Over,
+}
+
+/// One track pulled.
+struct Pulled {
+    writer: Arc<Writer>,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// Writes a pulled track to the bus, across upstreams.
+struct Writer {
+    producer: TrackProducer,
+    /// Timestamp of the keyframe that started the bus's current group, and the frames written
+    /// since (it included): a new upstream replays that group from its start, and those
+    /// frames are skipped rather than written twice.
+    group: std::sync::Mutex<Option<(u64, usize)>>,
+}
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, usize)>> {
+        self.group.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frames of a group starting at this frame that the bus has already.
+    fn already_written(&self, timestamp: u64, keyframe: bool) -> usize {
+        match *self.lock() {
+            Some((key, written)) if keyframe && key == timestamp => written,
+            _ => 0,
+        }
+    }
+
+    fn write(&self, frame: Frame) {
+        {
+            let mut group = self.lock();
+            if frame.keyframe {
+                *group = Some((frame.timestamp, 1));
+            } else if let Some((_, written)) = group.as_mut() {
+                *written += 1;
+            }
+        }
+        self.producer.write(frame);
+    }
+}
+
+/// Why an attempt through one upstream ended.
+enum Ended {
+    /// No one reads the channel here any more.
+    Unused,
+    /// The channel is no longer live in the cluster.
+    Over,
+    /// The upstream died, drained, refused or ended the track: try another path.
+    Lost(String),
+}
+
+/// Runs one pull until it is unused or over; `state` tells waiting viewers when it is ready.
+pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Sender<PullState>) {
+    let producer = match shared.bus.publish_relayed(name.clone()) {
+        Ok(p) => p,
+        Err(err) => {
+            debug!(%err, channel = %name, "relay: not pulled");
+            state.send_replace(PullState::Over);
+            return;
+        }
+    };
+    let mut tracks: HashMap<String, Pulled> = HashMap::new();
+    let mut avoid: Vec<(cluster::NodeId, Instant)> = Vec::new();
+    let mut gone_since: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(100);
+    let started = Instant::now();
+    loop {
+        avoid.retain(|(_, since)| since.elapsed() < AVOID_FOR);
+        let Some(origin) = shared.routing.origin(&name) else {
+            let gone = gone_since.get_or_insert_with(Instant::now);
+            if gone.elapsed() > GONE_AFTER || *state.borrow() == PullState::Starting {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        gone_since = None;
+        let nodes = shared.routing.nodes();
+        let me = shared.me(&nodes);
+        let avoided: Vec<_> = avoid.iter().map(|(id, _)| id.clone()).collect();
+        let path = cluster::upstreams(&me, &origin, &nodes, &avoided)
+            .into_iter()
+            .next()
+            .cloned();
+        let Some(upstream) = path else {
+            if *state.borrow() == PullState::Starting && started.elapsed() > READY_WITHIN {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        };
+        let was_ready = *state.borrow() == PullState::Ready;
+        let ended = attempt(&shared, &name, &upstream, &producer, &mut tracks, &state).await;
+        match ended {
+            Ended::Unused => {
+                debug!(channel = %name, "relay: pull unused; let go");
+                break;
+            }
+            Ended::Over => break,
+            Ended::Lost(why) => {
+                if was_ready || *state.borrow() == PullState::Ready {
+                    inc(&shared.metrics.failovers);
+                    info!(channel = %name, upstream = %upstream.id, %why, "relay: upstream lost; moving to another path");
+                } else {
+                    debug!(channel = %name, upstream = %upstream.id, %why, "relay: upstream refused");
+                }
+                avoid.push((upstream.id.clone(), Instant::now()));
+                if *state.borrow() == PullState::Starting && started.elapsed() > READY_WITHIN {
+                    break;
+                }
+            }
+        }
+    }
+    state.send_replace(PullState::Over);
+    shared.forget_pull(&name);
+    drop(producer);
+}
+
+/// Pulls through `upstream` until it fails or the pull is no longer wanted.
+async fn attempt(
+    shared: &Arc<Shared>,
+    name: &ChannelName,
+    upstream: &cluster::NodeInfo,
+    producer: &BroadcastProducer,
+    tracks: &mut HashMap<String, Pulled>,
+    state: &watch::Sender<PullState>,
+) -> Ended {
+    let peer = match shared.peers.session(shared, upstream).await {
+        Ok(peer) => peer,
+        Err(err) => return Ended::Lost(err),
+    };
+    let served = match tokio::time::timeout(
+        READY_WITHIN,
+        peer.origin.consume().routed_broadcast(name.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(err)) => return Ended::Lost(err.to_string()),
+        Err(_) => return Ended::Lost("no route in time".into()),
+    };
+    let mut catalog_sub = match subscribe(&served, catalog::TRACK).await {
+        Ok(s) => s,
+        Err(err) => return Ended::Lost(err.to_string()),
+    };
+    let _catalog_held = Held::new(&shared.metrics.upstream_subscriptions);
+    let mut pumps: JoinSet<Result<(), String>> = JoinSet::new();
+    let mut running: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            version = next_catalog(&mut catalog_sub) => match version {
+                Ok(catalog) => {
+                    apply(producer, tracks, &catalog);
+                    for t in &catalog.tracks {
+                        if running.contains(&t.name) {
+                            continue;
+                        }
+                        let Some(pulled) = tracks.get(&t.name) else { continue };
+                        running.push(t.name.clone());
+                        pumps.spawn(pump(
+                            shared.clone(),
+                            served.clone(),
+                            t.name.clone(),
+                            pulled.writer.clone(),
+                        ));
+                    }
+                    if *state.borrow() == PullState::Starting {
+                        state.send_replace(PullState::Ready);
+                        info!(channel = %name, upstream = %upstream.id, "relay: pulled");
+                    }
+                }
+                Err(err) => return Ended::Lost(format!("catalog: {err}")),
+            },
+            Some(done) = pumps.join_next() => {
+                let why = match done {
+                    Ok(Ok(())) => "track ended".to_owned(),
+                    Ok(Err(err)) => err,
+                    Err(join) => join.to_string(),
+                };
+                return Ended::Lost(why);
+            }
+            err = peer.session.closed() => return Ended::Lost(format!("session closed: {err}")),
+            _ = tick.tick() => {
+                if shared.routing.origin(name).is_none() {
+                    return Ended::Over;
+                }
+                if shared.routing.nodes().iter().any(|n| n.id == upstream.id && n.draining) {
+                    return Ended::Lost("upstream draining".into());
+                }
+                forward_keyframe_requests(shared, name, upstream, tracks);
+                if producer.consumers() == 0 {
+                    if idle_since.get_or_insert_with(Instant::now).elapsed() > shared.config.linger() {
+                        return Ended::Unused;
+                    }
+                } else {
+                    idle_since = None;
+                }
+            }
+        }
+    }
+}
+
+async fn subscribe(
+    served: &broadcast::Consumer,
+    name: &str,
+) -> Result<track::Ordered, moq_net::Error> {
+    let sub = served
+        .track(name)?
+        .subscribe(track::Subscription::default().with_max_age(MAX_AGE))
+        .await?;
+    Ok(sub.ordered())
+}
+
+/// The next version of the catalog (the first frame of the next group).
+async fn next_catalog(sub: &mut track::Ordered) -> Result<Catalog, String> {
+    let mut group = sub
+        .next_group()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("catalog track ended")?;
+    let frame = group
+        .read_frame()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("empty catalog group")?;
+    Catalog::decode(&frame.payload).map_err(|e| e.to_string())
+}
+
+/// Makes the bus match a catalog: new tracks created, codecs and notice set. Tracks already
+/// pulled stay (their viewers with them).
+fn apply(producer: &BroadcastProducer, tracks: &mut HashMap<String, Pulled>, catalog: &Catalog) {
+    for t in &catalog.tracks {
+        let pulled = tracks.entry(t.name.clone()).or_insert_with(|| Pulled {
+            writer: Arc::new(Writer {
+                producer: producer.create_track(&t.name),
+                group: std::sync::Mutex::new(None),
+            }),
+            last_keyframe_request: None,
+        });
+        if let Some(codec) = t.codec.as_ref().and_then(|c| c.to_codec()) {
+            pulled.writer.producer.set_codec(codec);
+        }
+        if t.keyframes_on_request {
+            pulled.writer.producer.accept_keyframe_requests();
+        }
+    }
+    producer.set_notice(catalog.notice.clone());
+}
+
+/// Reads one upstream track into its bus track.
+async fn pump(
+    shared: Arc<Shared>,
+    served: broadcast::Consumer,
+    name: String,
+    writer: Arc<Writer>,
+) -> Result<(), String> {
+    let mut sub = subscribe(&served, &name).await.map_err(|e| e.to_string())?;
+    let _held = Held::new(&shared.metrics.upstream_subscriptions);
+    let mut first = true;
+    while let Some(mut group) = sub.next_group().await.map_err(|e| e.to_string())? {
+        let mut index = 0usize;
+        let mut skip = 0usize;
+        while let Some(frame) = group.read_frame().await.map_err(|e| e.to_string())? {
+            let Ok(frame) = wire::decode(frame.payload) else {
+                warn!(track = %name, "relay: undecodable frame from upstream dropped");
+                continue;
+            };
+            shared
+                .metrics
+                .bytes_in
+                .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+            if index == 0 && first {
+                // After a failover the new upstream replays the group the bus is in from its
+                // keyframe: skip what was written already.
+                skip = writer.already_written(frame.timestamp, frame.keyframe);
+            }
+            index += 1;
+            first = false;
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            writer.write(Frame::new(
+                frame.timestamp,
+                frame.keyframe,
+                frame.payload,
+                Instant::now(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sends pending keyframe requests of pulled tracks upstream, at most one per track per
+/// [`KEYFRAME_EVERY`]; the bus has already folded many viewers' requests into one.
+fn forward_keyframe_requests(
+    shared: &Arc<Shared>,
+    name: &ChannelName,
+    upstream: &cluster::NodeInfo,
+    tracks: &mut HashMap<String, Pulled>,
+) {
+    for (track, pulled) in tracks.iter_mut() {
+        if pulled
+            .last_keyframe_request
+            .is_some_and(|at| at.elapsed() < KEYFRAME_EVERY)
+        {
+            continue;
+        }
+        if pulled.writer.producer.take_keyframe_request() {
+            pulled.last_keyframe_request = Some(Instant::now());
+            inc(&shared.metrics.keyframe_requests_up);
+            let (shared, name, upstream, track) = (
+                shared.clone(),
+                name.clone(),
+                upstream.clone(),
+                track.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(err) = shared
+                    .peers
+                    .request_keyframe(&shared, &upstream, &name, &track)
+                    .await
+                {
+                    debug!(%err, "relay: keyframe request not sent");
+                }
+            });
+        }
+    }
+}
