@@ -20,8 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every role in one process (RTMP ingest, WebRTC SFU, HTTP player and API).
-    Serve(serve::ServeArgs),
+    /// Run a node: every role in one process by default (RTMP/SRT/FTL/WHIP ingest, WebRTC SFU,
+    /// MoQ relay to other nodes, HTTP player and API), or those `--roles` names.
+    Serve(Box<serve::ServeArgs>),
     /// Operator commands against the cluster registry: nodes, channels, drain, undrain.
     Cluster(cluster_cli::ClusterArgs),
 }
@@ -29,7 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Cluster(args) => cluster_cli::run(args),
     }
 }
