@@ -317,7 +317,10 @@ impl Server {
         }
         cmd.envs(env.iter().copied());
         // No NO_COLOR: a piped log must be plain by itself.
-        cmd.env("RUST_LOG", "info,sfu=debug,ingest=debug,str0m=warn");
+        cmd.env(
+            "RUST_LOG",
+            "info,sfu=debug,ingest=debug,relay=debug,str0m=warn",
+        );
         let mut child = cmd
             .process_group(0)
             .stdout(Stdio::piped())

@@ -250,6 +250,11 @@ impl BroadcastConsumer {
         self.shared.track_names()
     }
 
+    /// Pulled from another node by the relay, not published here.
+    pub fn is_relayed(&self) -> bool {
+        self.shared.relayed
+    }
+
     /// The publisher's notice for viewers, if any.
     pub fn notice(&self) -> Option<String> {
         self.shared.notice()

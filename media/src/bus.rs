@@ -58,6 +58,9 @@ pub type Pull = Pin<Box<dyn Future<Output = Option<BroadcastConsumer>> + Send>>;
 pub trait Remote: Send + Sync + 'static {
     /// Pulls `name` here if it is live elsewhere; `None` if it is not live anywhere reachable.
     fn pull(&self, name: ChannelName) -> Pull;
+
+    /// A broadcast it pulled earlier served another consumer here (a cache hit).
+    fn served_again(&self, _name: &ChannelName) {}
 }
 
 /// The bus's settings: per-track memory limits and the publisher reconnect grace period.
@@ -197,10 +200,14 @@ impl Bus {
     /// The broadcast on `name`: live here, or pulled from another node through the
     /// [`Remote`] if one is set.
     pub async fn find(&self, name: &ChannelName) -> Option<BroadcastConsumer> {
+        let remote = self.shared.remote.get();
         if let Some(local) = self.subscribe(name) {
+            if let Some(remote) = remote.filter(|_| local.is_relayed()) {
+                remote.served_again(name);
+            }
             return Some(local);
         }
-        let remote = self.shared.remote.get()?.clone();
+        let remote = remote?.clone();
         remote.pull(name.clone()).await
     }
 

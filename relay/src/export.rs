@@ -53,12 +53,16 @@ async fn export(shared: Arc<Shared>, request: origin::Request) {
     let demand = served.demand();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut idle_since: Option<Instant> = None;
+    // The track pumps live as long as the served broadcast: moq-net answers later subscribers
+    // of a track from the producer it has, so a pump must not end while it may be asked again.
+    let mut pumps = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             track = requested.requested_track() => match track {
-                Ok(track) => { tokio::spawn(export_track(shared.clone(), bus.clone(), track)); }
+                Ok(track) => { pumps.spawn(export_track(shared.clone(), bus.clone(), track)); }
                 Err(_) => break,
             },
+            Some(_) = pumps.join_next() => {}
             () = bus.closed() => break,
             _ = tick.tick() => {
                 // Let the bus go once no downstream session has read it for the linger time.
@@ -70,6 +74,7 @@ async fn export(shared: Arc<Shared>, request: origin::Request) {
             }
         }
     }
+    pumps.abort_all();
     debug!(channel = %name, "relay: no longer serving downstream");
 }
 
@@ -100,29 +105,15 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
 }
 
 /// Copies a bus track into a MoQ track: a group per bus group (from a keyframe), each frame
-/// a wire header and the payload (not copied). Ends when no one reads the track.
+/// a wire header and the payload (not copied), until the bus track ends.
 async fn pump(
     shared: &Shared,
     mut consumer: TrackConsumer,
     track: &track::Producer,
 ) -> Result<(), moq_net::Error> {
     let clock = clock_rate(consumer.codec().as_ref());
-    // Requested means read; wait for the subscription to count before watching it end.
-    if tokio::time::timeout(Duration::from_secs(5), track.used())
-        .await
-        .is_err()
-    {
-        return Ok(());
-    }
     let mut group: Option<moq_net::group::Producer> = None;
-    loop {
-        let frame = tokio::select! {
-            frame = consumer.next_frame() => frame,
-            _ = track.unused() => None,
-        };
-        let Some(frame) = frame else {
-            break;
-        };
+    while let Some(frame) = consumer.next_frame().await {
         if frame.keyframe || group.is_none() {
             if let Some(done) = group.take() {
                 let _ = done.finish();
@@ -155,16 +146,9 @@ async fn pump(
 async fn export_catalog(bus: &BroadcastConsumer, track: track::Producer) {
     let mut sent: Option<Catalog> = None;
     let mut tick = tokio::time::interval(CATALOG_POLL);
-    if tokio::time::timeout(Duration::from_secs(5), track.used())
-        .await
-        .is_err()
-    {
-        return;
-    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = track.unused() => break,
             () = bus.closed() => break,
         }
         let now = Catalog::of(bus);

@@ -107,6 +107,7 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
     let mut gone_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
     let started = Instant::now();
+    let mut last_failure = String::from("no origin for it in the routing table");
     loop {
         avoid.retain(|(_, since)| since.elapsed() < AVOID_FOR);
         let Some(origin) = shared.routing.origin(&name) else {
@@ -126,6 +127,7 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
             .next()
             .cloned();
         let Some(upstream) = path else {
+            last_failure = format!("no path to the origin {}", origin.id);
             if *state.borrow() == PullState::Starting && started.elapsed() > READY_WITHIN {
                 break;
             }
@@ -149,11 +151,15 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
                     debug!(channel = %name, upstream = %upstream.id, %why, "relay: upstream refused");
                 }
                 avoid.push((upstream.id.clone(), Instant::now()));
+                last_failure = format!("{}: {why}", upstream.id);
                 if *state.borrow() == PullState::Starting && started.elapsed() > READY_WITHIN {
                     break;
                 }
             }
         }
+    }
+    if *state.borrow() == PullState::Starting {
+        info!(channel = %name, why = %last_failure, "relay: cannot pull the channel");
     }
     state.send_replace(PullState::Over);
     shared.forget_pull(&name);
@@ -319,6 +325,7 @@ async fn pump(
                 // After a failover the new upstream replays the group the bus is in from its
                 // keyframe: skip what was written already.
                 skip = writer.already_written(frame.timestamp, frame.keyframe);
+                debug!(track = %name, timestamp = frame.timestamp, keyframe = frame.keyframe, skip, "relay: first frame from this upstream");
             }
             index += 1;
             first = false;

@@ -260,6 +260,10 @@ impl media::Remote for Puller {
         let shared = self.0.clone();
         Box::pin(async move { shared.pull(name).await })
     }
+
+    fn served_again(&self, _name: &ChannelName) {
+        inc(&self.0.metrics.hits);
+    }
 }
 
 /// A node's MoQ hop id: a hash of its id, in moq-net's range (1 to 2^62 - 1).

@@ -110,6 +110,21 @@ async fn a_channel_plays_on_a_primary_through_a_shield_and_moves_to_the_origin_w
     let number = |f: &Frame| u64::from_be_bytes(f.payload[..8].try_into().expect("8 bytes"));
     assert_eq!(first.timestamp, number(&first) * 900, "timestamps cross");
 
+    // Frames arrive as they are written (every 10 ms), not in bursts.
+    let mut gaps = Vec::new();
+    let mut at = Instant::now();
+    for _ in 0..100 {
+        let frame = video.next_frame().await.expect("frame");
+        let _ = frame;
+        gaps.push(at.elapsed());
+        at = Instant::now();
+    }
+    gaps.sort();
+    println!(
+        "arrival gaps: p50 {:?}, p99 {:?}, max {:?}",
+        gaps[50], gaps[98], gaps[99]
+    );
+
     // One upstream subscription per track (catalog and video) on C, and on B for C.
     assert_eq!(
         metric(&c.relay, "starling_relay_upstream_subscriptions"),

@@ -56,9 +56,13 @@ async fn channels(State(bus): State<Bus>) -> Json<Vec<ChannelInfo>> {
 }
 
 async fn channel(State(bus): State<Bus>, Path(name): Path<String>) -> Response {
-    let live = ChannelName::new(&name)
-        .ok()
-        .and_then(|n| bus.live().into_iter().find(|b| b.name == n));
+    let Ok(name) = ChannelName::new(&name) else {
+        return (StatusCode::NOT_FOUND, "channel is not live\n").into_response();
+    };
+    // Live here, or on another node of the cluster: then the relay pulls it here now, so the
+    // player's WHEP request that follows finds it warm.
+    let _held = bus.find(&name).await;
+    let live = bus.live().into_iter().find(|b| b.name == name);
     match live {
         Some(b) => Json(ChannelInfo::from(b)).into_response(),
         None => (StatusCode::NOT_FOUND, "channel is not live\n").into_response(),

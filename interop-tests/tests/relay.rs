@@ -1,0 +1,199 @@
+//! The relay between nodes, as operators run it: three `starling serve` processes joined by a
+//! TLS Redis. A is the origin (the publisher's node), B a secondary (shield), C a primary;
+//! viewers on C watch what is published on A, through B, and keep watching when B is killed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use interop_tests::cluster::{Cluster, ONE_AT_A_TIME};
+use interop_tests::{num, Browser, Ffmpeg, Server, FAST_X264};
+use serde_json::Value;
+
+/// `join(channel)` in a page of the node: a bare WHEP viewer; resolves once a video frame is
+/// presented (or after 15 s with `ok: false`).
+const JOIN_JS: &str = r#"
+window.joined = [];
+window.join = async function (ch) {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const v = document.createElement("video");
+  v.muted = true; v.autoplay = true; v.width = 32;
+  document.body.appendChild(v);
+  const first = new Promise(r => v.requestVideoFrameCallback(() => r(true)));
+  pc.ontrack = e => {
+    if (e.track.kind === "video") { v.srcObject = new MediaStream([e.track]); v.play().catch(() => {}); }
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => {
+    if (pc.iceGatheringState === "complete") return r();
+    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") r(); };
+    setTimeout(r, 1000);
+  });
+  const res = await fetch("/whep/" + ch, {
+    method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+  });
+  if (res.status !== 201) return { ok: false, status: res.status };
+  await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+  window.joined.push(pc);
+  const ok = await Promise.race([first, new Promise(r => setTimeout(() => r(false), 15000))]);
+  return { ok, status: res.status };
+};
+return true;
+"#;
+
+fn relay_node(cluster: &Cluster, id: &str, tier: &str) -> Result<Server> {
+    cluster.node_with(id, &format!("\n[relay]\ntier = \"{tier}\"\n"))
+}
+
+/// The nodes `server`'s routing table lists with a relay certificate.
+fn relay_nodes(server: &Server) -> Result<Vec<String>> {
+    let (_, body) = server.get("/api/nodes")?;
+    let nodes: Value = serde_json::from_str(&body)?;
+    Ok(nodes
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| {
+                    n["relay_fingerprint"]
+                        .as_str()
+                        .is_some_and(|f| !f.is_empty())
+                })
+                .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn tracks_of(server: &Server, channel: &str) -> Result<usize> {
+    let info = server.channel(channel)?.context("channel not live")?;
+    Ok(info["tracks"].as_array().map_or(0, Vec::len))
+}
+
+/// Samples `video.framesDecoded` of the player every 100 ms for `secs`: the longest time it
+/// did not grow, and the sessions (PeerConnections) the page made.
+async fn longest_freeze(browser: &Browser, secs: u64) -> Result<(Duration, f64, f64)> {
+    let start = Instant::now();
+    let mut last = num(&browser.player().await?, "video.framesDecoded");
+    let (mut since, mut longest) = (Instant::now(), Duration::ZERO);
+    while start.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let decoded = num(&browser.player().await?, "video.framesDecoded");
+        if decoded > last {
+            last = decoded;
+            since = Instant::now();
+        }
+        longest = longest.max(since.elapsed());
+    }
+    let player = browser.player().await?;
+    Ok((longest, last, num(&player, "sessions")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_on_a_primary_watch_the_origin_through_a_shield_and_survive_its_death() -> Result<()>
+{
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start()?;
+    let a = relay_node(&cluster, "node-a", "primary")?;
+    let mut b = relay_node(&cluster, "node-b", "secondary")?;
+    let c = relay_node(&cluster, "node-c", "primary")?;
+    c.wait_for(Duration::from_secs(10), || {
+        Ok(relay_nodes(&c)?.len() == 3 && relay_nodes(&b)?.len() == 3)
+    })?;
+
+    let _ffmpeg = Ffmpeg::push_rtmp(&a.rtmp_url("alice"), FAST_X264)?;
+    a.wait_for(Duration::from_secs(20), || {
+        Ok(a.channel("alice")?.is_some())
+    })?;
+    c.wait_for(Duration::from_secs(10), || {
+        let (_, body) = c.get("/api/cluster/channels")?;
+        Ok(body.contains("alice") && body.contains("node-a"))
+    })?;
+
+    // A browser on C decodes video and plays audio published on A.
+    let browser = Browser::start().await?;
+    browser.client.goto(&c.url("/watch/alice")).await?;
+    let first = match browser.wait_playing(Duration::from_secs(30)).await {
+        Ok(first) => first,
+        Err(err) => {
+            anyhow::bail!(
+                "{err:#}\n--- A:\n{}\n--- B:\n{}\n--- C:\n{}",
+                a.log(),
+                b.log(),
+                c.log()
+            )
+        }
+    };
+    ensure!(
+        c.log().contains("relay: pulled") && c.log().contains("upstream=node-b"),
+        "C pulled through B:\n{}",
+        c.log()
+    );
+
+    // 20 more viewers on C: still one upstream subscription per track, on C and on B.
+    browser.eval(JOIN_JS).await?;
+    // Ten at a time: a client address may have 16 sessions connecting at once.
+    let mut joined = Vec::new();
+    for _ in 0..2 {
+        let joins = browser
+            .eval("return Promise.all(Array.from({length: 10}, () => window.join('alice')));")
+            .await?;
+        joined.extend(joins.as_array().context("joins")?.iter().cloned());
+    }
+    let joins = Value::from(joined.clone());
+    ensure!(
+        joined.len() == 20 && joined.iter().all(|j| j["ok"] == true),
+        "every viewer sees a frame: {joins}"
+    );
+    let tracks = tracks_of(&a, "alice")? as f64;
+    ensure!(tracks >= 2.0, "video and audio at least");
+    // The catalog track besides the media tracks.
+    for (node, name) in [(&c, "C"), (&b, "B")] {
+        let upstream = node.metric("starling_relay_upstream_subscriptions")?;
+        ensure!(
+            upstream == tracks + 1.0,
+            "{name}: {upstream} upstream subscriptions for {tracks} tracks and the catalog"
+        );
+    }
+    ensure!(c.metric("starling_viewers")? >= 21.0);
+    ensure!(a.metric("starling_relay_downstream_subscribers")? == tracks + 1.0);
+    ensure!(c.metric("starling_relay_cache_requests_total{result=\"hit\"}")? >= 20.0);
+
+    // The 20 leave (their decoders would load this small machine); the player stays.
+    browser
+        .eval("window.joined.forEach(pc => pc.close()); document.querySelectorAll('video[width=\"32\"]').forEach(v => v.remove()); return true;")
+        .await?;
+    let (base_freeze, _, _) = longest_freeze(&browser, 3).await?;
+    println!("before the shield dies: longest freeze {base_freeze:?} over 3 s (the page's stats update each second)");
+
+    // B dies (SIGKILL): C's viewers keep decoding on the same PeerConnection, through A.
+    let before = browser.player().await?;
+    let sessions = num(&before, "sessions");
+    b.kill_now();
+    let killed = Instant::now();
+    let (freeze, decoded, sessions_after) = longest_freeze(&browser, 8).await?;
+    println!(
+        "after SIGKILL of the shield: longest freeze {:?}, frames decoded {} -> {decoded}",
+        freeze,
+        num(&before, "video.framesDecoded")
+    );
+    ensure!(
+        decoded > num(&before, "video.framesDecoded") + 60.0,
+        "decoding goes on after the shield died: {decoded}\n--- A:\n{}\n--- C:\n{}",
+        a.log(),
+        c.log()
+    );
+    ensure!(sessions_after == sessions, "the same PeerConnection");
+    ensure!(
+        c.metric("starling_relay_failovers_total")? >= 1.0,
+        "C moved its pull"
+    );
+    ensure!(
+        freeze < Duration::from_secs(4),
+        "frozen {freeze:?} at most (2 s asked; margin for a loaded machine)"
+    );
+    ensure!(killed.elapsed() >= Duration::from_secs(8));
+    let still = browser.keeps_playing(&first, 2).await?;
+    ensure!(num(&still, "video.framesDecoded") > 0.0);
+    browser.close().await
+}
