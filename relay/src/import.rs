@@ -23,8 +23,11 @@ use crate::{wire, Shared};
 pub(crate) const READY_WITHIN: Duration = Duration::from_secs(5);
 /// An upstream that failed is not tried again for this long (others are, then the origin).
 const AVOID_FOR: Duration = Duration::from_secs(10);
-/// How far behind live an upstream subscription may fall before it skips to the newest group.
-const MAX_AGE: Duration = Duration::from_secs(2);
+/// How far behind live (in media time) an upstream subscription's groups may be. It is also
+/// where a new subscription starts: at the oldest group still this fresh, so at the latest
+/// group, or the one before if that began within it (streams of two groups may cross).
+/// Larger, a subscription would start with seconds of old groups to replay.
+const MAX_AGE: Duration = Duration::from_millis(500);
 /// Keyframe requests for one track go upstream at most this often.
 const KEYFRAME_EVERY: Duration = Duration::from_millis(300);
 /// A channel no longer in the routing table for this long is over.
