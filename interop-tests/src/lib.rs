@@ -767,8 +767,11 @@ impl Browser {
     /// Starts chromedriver and a fresh Chromium.
     pub async fn start() -> Result<Self> {
         let [port] = free_tcp_ports::<1>();
+        // Its own process group: dropped with Chromium and every helper process of it, even
+        // when a test fails before closing the session.
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -867,6 +870,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);

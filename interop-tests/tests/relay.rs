@@ -197,3 +197,62 @@ async fn viewers_on_a_primary_watch_the_origin_through_a_shield_and_survive_its_
     ensure!(num(&still, "video.framesDecoded") > 0.0);
     browser.close().await
 }
+
+/// A Chromium WHIP publisher on the origin sends keyframes only when asked; a viewer joining
+/// on a primary gets one through the tiers (its keyframe request travels C -> B -> A ->
+/// publisher) and a picture within about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_a_primary_sees_a_webrtc_publisher_on_the_origin_at_once() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start()?;
+    let a = relay_node(&cluster, "node-a", "primary")?;
+    let b = relay_node(&cluster, "node-b", "secondary")?;
+    let c = relay_node(&cluster, "node-c", "primary")?;
+    c.wait_for(Duration::from_secs(10), || {
+        Ok(relay_nodes(&c)?.len() == 3 && relay_nodes(&b)?.len() == 3)
+    })?;
+    let publisher = Browser::start().await?;
+    publisher
+        .client
+        .goto(&a.url("/publish/cam?autostart=1&simulcast=0&codec=h264"))
+        .await?;
+    c.wait_for(Duration::from_secs(30), || {
+        let (_, body) = c.get("/api/cluster/channels")?;
+        Ok(body.contains("cam") && a.channel("cam")?.is_some())
+    })?;
+    // Well after the publisher's first keyframe: the next comes only when asked.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&c.url("/watch/cam")).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let player = loop {
+        let p = viewer.player().await?;
+        if num(&p, "video.framesDecoded") > 0.0 && p["ttffMs"].is_number() {
+            break p;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no picture on C: {p}\n--- C:\n{}",
+            c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ttff = num(&player, "ttffMs");
+    println!("first frame on the primary {ttff} ms after the viewer's offer (WHIP publisher on the origin)");
+    ensure!(
+        c.metric("starling_relay_keyframe_requests_total{direction=\"up\"}")? >= 1.0,
+        "C asked upstream for a keyframe\n--- C:\n{}",
+        c.log()
+    );
+    ensure!(
+        b.metric("starling_relay_keyframe_requests_total{direction=\"down\"}")? >= 1.0
+            && b.metric("starling_relay_keyframe_requests_total{direction=\"up\"}")? >= 1.0,
+        "B passed it on"
+    );
+    ensure!(a.metric("starling_publisher_keyframe_requests_total")? >= 1.0);
+    // A second of margin over the second asked for: this machine runs three debug builds,
+    // two browsers and an encoder on two cores.
+    ensure!(ttff < 2000.0, "first frame after {ttff} ms");
+    viewer.close().await?;
+    publisher.close().await
+}

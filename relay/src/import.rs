@@ -72,6 +72,11 @@ impl Writer {
         }
     }
 
+    /// Nothing written yet: this is the pull's first upstream.
+    fn never_written(&self) -> bool {
+        self.lock().is_none()
+    }
+
     fn write(&self, frame: Frame) {
         {
             let mut group = self.lock();
@@ -268,11 +273,14 @@ async fn subscribe(
 
 /// The next version of the catalog (the first frame of the next group).
 async fn next_catalog(sub: &mut track::Ordered) -> Result<Catalog, String> {
-    let mut group = sub
-        .next_group()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("catalog track ended")?;
+    let mut group = loop {
+        match sub.next_group().await {
+            Ok(Some(group)) => break group,
+            Ok(None) => return Err("catalog track ended".into()),
+            Err(err) if behind(&err) => continue,
+            Err(err) => return Err(err.to_string()),
+        }
+    };
     let frame = group
         .read_frame()
         .await
@@ -312,10 +320,37 @@ async fn pump(
     let mut sub = subscribe(&served, &name).await.map_err(|e| e.to_string())?;
     let _held = Held::new(&shared.metrics.upstream_subscriptions);
     let mut first = true;
-    while let Some(mut group) = sub.next_group().await.map_err(|e| e.to_string())? {
+    // A publisher that makes keyframes on request (WebRTC) may have sent its last one long
+    // ago: the upstream's cached group is then old and long. A new pull asks for a fresh
+    // keyframe instead (the request goes up the tiers to the publisher) and skips the cached
+    // group, so viewers here join at the fresh one, as they do on the origin.
+    let probe = writer.producer.consume();
+    let mut skip_group = writer.never_written() && probe.accepts_keyframe_requests();
+    if skip_group {
+        probe.request_keyframe();
+    }
+    drop(probe);
+    loop {
+        let mut group = match sub.next_group().await {
+            Ok(Some(group)) => group,
+            Ok(None) => break,
+            Err(err) if behind(&err) => continue,
+            Err(err) => return Err(err.to_string()),
+        };
         let mut index = 0usize;
         let mut skip = 0usize;
-        while let Some(frame) = group.read_frame().await.map_err(|e| e.to_string())? {
+        if std::mem::take(&mut skip_group) {
+            first = false;
+            continue;
+        }
+        loop {
+            let frame = match group.read_frame().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                // Superseded while being read (a newer group is here): on to it.
+                Err(err) if behind(&err) => break,
+                Err(err) => return Err(err.to_string()),
+            };
             let Ok(frame) = wire::decode(frame.payload) else {
                 warn!(track = %name, "relay: undecodable frame from upstream dropped");
                 continue;
@@ -345,6 +380,14 @@ async fn pump(
         }
     }
     Ok(())
+}
+
+/// A group given up for a newer one: the subscription goes on.
+fn behind(err: &moq_net::Error) -> bool {
+    matches!(
+        err,
+        moq_net::Error::Old | moq_net::Error::Evicted | moq_net::Error::Lagged
+    )
 }
 
 /// Sends pending keyframe requests of pulled tracks upstream, at most one per track per
