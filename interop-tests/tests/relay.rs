@@ -256,3 +256,133 @@ async fn a_viewer_on_a_primary_sees_a_webrtc_publisher_on_the_origin_at_once() -
     viewer.close().await?;
     publisher.close().await
 }
+
+/// The IETF moq-transport reference: Cloudflare's `moq-transport` crate (draft 18, ALPN
+/// `moqt-18`, `interop-tests/moqt`, built by scripts/test) subscribes to a live channel on a
+/// node that trusts its certificate by fingerprint, and receives its objects; the same client
+/// with a certificate the node does not trust is refused in the handshake.
+#[test]
+fn an_ietf_moq_transport_client_receives_a_live_channel_and_a_stranger_is_refused() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("starling-moqt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (trusted, trusted_fp) = client_certificate(&dir, "trusted")?;
+    let (stranger, _) = client_certificate(&dir, "stranger")?;
+    let config = format!("[relay]\ntrusted_clients = [\"{trusted_fp}\"]\n");
+    let server = Server::start(Some(&config))?;
+    let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("alice"), FAST_X264)?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("alice")?.is_some())
+    })?;
+    let (_, body) = server.get("/api/nodes")?;
+    let nodes: Value = serde_json::from_str(&body)?;
+    let pin = nodes[0]["relay_fingerprint"]
+        .as_str()
+        .context("the node lists its relay certificate")?
+        .to_owned();
+
+    let out = moqt_client(&server, &trusted, &pin, "live/alice", "video", 4)?;
+    let objects: Vec<&str> = out.0.lines().filter(|l| l.starts_with("group=")).collect();
+    println!(
+        "moq-transport client: {} objects, first {:?}",
+        objects.len(),
+        objects.first()
+    );
+    ensure!(
+        objects.len() >= 30,
+        "objects of 4 s of 30 fps video: {}\n{}\n{}",
+        objects.len(),
+        out.1,
+        server.log()
+    );
+    ensure!(objects.iter().all(|l| !l.ends_with("len=0")));
+    ensure!(
+        out.1.contains("alpn=Some(\"moqt-18\")"),
+        "draft 18 was negotiated: {}",
+        out.1
+    );
+
+    let refused = moqt_client(&server, &stranger, &pin, "live/alice", "video", 3)?;
+    ensure!(
+        !refused.2 && !refused.0.contains("group="),
+        "a stranger got objects: {}{}",
+        refused.0,
+        refused.1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A self-signed client certificate and key (PEM paths), and its SHA-256 fingerprint.
+fn client_certificate(dir: &std::path::Path, name: &str) -> Result<((String, String), String)> {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?
+        .status
+        .success();
+    ensure!(ok, "openssl req failed");
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(&cert)
+        .output()?
+        .stdout;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+    let fingerprint: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((
+        (cert.display().to_string(), key.display().to_string()),
+        fingerprint,
+    ))
+}
+
+/// Runs the moq-transport client for `secs`: its stdout, stderr and whether it succeeded.
+fn moqt_client(
+    server: &Server,
+    (cert, key): &(String, String),
+    pin: &str,
+    namespace: &str,
+    track: &str,
+    secs: u64,
+) -> Result<(String, String, bool)> {
+    let bin = std::env::var_os("STARLING_MOQT_CLIENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("moqt/target/debug/starling-moqt-client")
+        });
+    ensure!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --manifest-path interop-tests/moqt/Cargo.toml` (scripts/test does)",
+        bin.display()
+    );
+    let out = std::process::Command::new(bin)
+        .arg(server.relay.to_string())
+        .arg("starling-relay")
+        .args([cert, key])
+        .arg(format!("sha256:{pin}"))
+        .args([namespace, track, &secs.to_string()])
+        .output()?;
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    ))
+}

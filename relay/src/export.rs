@@ -28,7 +28,13 @@ pub(crate) async fn serve_requests(shared: Arc<Shared>, dynamic: origin::Dynamic
 }
 
 async fn export(shared: Arc<Shared>, request: origin::Request) {
-    let Ok(name) = ChannelName::new(request.path().as_str()) else {
+    let channel = request
+        .path()
+        .as_str()
+        .strip_prefix(crate::NAMESPACE)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| ChannelName::new(rest).ok());
+    let Some(name) = channel else {
         request.reject(moq_net::Error::NotFound);
         return;
     };

@@ -167,7 +167,12 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
         }
     }
     if *state.borrow() == PullState::Starting {
-        info!(channel = %name, why = %last_failure, "relay: cannot pull the channel");
+        // Not live anywhere is the common case (a player polling a channel before it starts).
+        if shared.routing.origin(&name).is_some() {
+            info!(channel = %name, why = %last_failure, "relay: cannot pull the channel");
+        } else {
+            debug!(channel = %name, "relay: not live in the cluster");
+        }
     }
     state.send_replace(PullState::Over);
     shared.forget_pull(&name);
@@ -189,7 +194,7 @@ async fn attempt(
     };
     let served = match tokio::time::timeout(
         READY_WITHIN,
-        peer.origin.consume().routed_broadcast(name.as_str()),
+        peer.origin.consume().routed_broadcast(crate::path(name)),
     )
     .await
     {

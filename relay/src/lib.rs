@@ -43,6 +43,16 @@ pub use identity::{Identity, IdentityError};
 use import::PullState;
 use metrics::{inc, Metrics};
 
+/// The MoQ namespace of channels: channel `alice` is broadcast `live/alice` (a MoQ client
+/// subscribes to namespace `live/alice`, track `video`). An empty namespace, the alternative,
+/// is one that moq-transport clients do not accept when it is announced.
+pub const NAMESPACE: &str = "live";
+
+/// A channel's MoQ broadcast path.
+pub(crate) fn path(channel: &ChannelName) -> String {
+    format!("{NAMESPACE}/{channel}")
+}
+
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -208,7 +218,7 @@ impl Relay {
         let edge = shared.new_origin();
         // Any path: requests for channels this node does not have are pulled on demand.
         let dynamic = edge
-            .dynamic("", origin::Route::default())
+            .dynamic(NAMESPACE, origin::Route::default())
             .map_err(|e| RelayError::Origin(e.to_string()))?;
         tokio::spawn(export::serve_requests(shared.clone(), dynamic));
         tokio::spawn(downstream::accept(shared.clone(), edge.clone()));
