@@ -283,3 +283,19 @@ fn hop_id(id: &NodeId) -> u64 {
     bytes.copy_from_slice(&digest.as_ref()[..8]);
     (u64::from_be_bytes(bytes) >> 2).max(1)
 }
+
+/// Entry points for the fuzz targets (`fuzz/`): everything the relay parses of what a peer
+/// sends, besides moq-net's own framing.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A frame object, a catalog and a keyframe request, each from the same bytes.
+    pub fn peer_input(data: &[u8]) {
+        let _ = crate::wire::decode(bytes::Bytes::copy_from_slice(data));
+        if let Ok(catalog) = crate::Catalog::decode(data) {
+            for track in &catalog.tracks {
+                let _ = track.codec.as_ref().map(crate::WireCodec::to_codec);
+            }
+        }
+        let _ = crate::downstream::parse_request(data);
+    }
+}
