@@ -260,7 +260,8 @@ async fn a_viewer_on_a_primary_sees_a_webrtc_publisher_on_the_origin_at_once() -
 /// The IETF moq-transport reference: Cloudflare's `moq-transport` crate (draft 18, ALPN
 /// `moqt-18`, `interop-tests/moqt`, built by scripts/test) subscribes to a live channel on a
 /// node that trusts its certificate by fingerprint, and receives its objects; the same client
-/// with a certificate the node does not trust is refused in the handshake.
+/// with a certificate the node does not trust is refused in the handshake. The node runs on
+/// its defaults in a network namespace of its own.
 #[test]
 fn an_ietf_moq_transport_client_receives_a_live_channel_and_a_stranger_is_refused() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("starling-moqt-{}", std::process::id()));
@@ -268,7 +269,9 @@ fn an_ietf_moq_transport_client_receives_a_live_channel_and_a_stranger_is_refuse
     let (trusted, trusted_fp) = client_certificate(&dir, "trusted")?;
     let (stranger, _) = client_certificate(&dir, "stranger")?;
     let config = format!("[relay]\ntrusted_clients = [\"{trusted_fp}\"]\n");
-    let server = Server::start(Some(&config))?;
+    // On its defaults (relay on 0.0.0.0:4443), in a namespace of its own behind a veth pair:
+    // the client reaches it at its veth address, as one on another host would.
+    let server = Server::start_isolated(Some(&config), &[])?;
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("alice"), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("alice")?.is_some())
