@@ -44,6 +44,21 @@ pub(crate) enum PullState {
     Over,
 }
 
+/// A new upstream replays groups from its cache; those older than the bus's current group by
+/// less than this (in track ticks: 5 s of 90 kHz video, 9 s of 48 kHz audio) are skipped.
+const REPLAY_WINDOW: u64 = 450_000;
+/// Groups at the start of an upstream subscription checked for replay (its start reaches
+/// back at most [`MAX_AGE`]).
+const REPLAY_GROUPS: usize = 4;
+
+/// What the bus already has of a group an upstream sends.
+enum Replayed {
+    /// All of it: skip the group.
+    Group,
+    /// Its first frames.
+    Frames(usize),
+}
+
 /// One track pulled.
 struct Pulled {
     writer: Arc<Writer>,
@@ -64,11 +79,14 @@ impl Writer {
         self.group.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Frames of a group starting at this frame that the bus has already.
-    fn already_written(&self, timestamp: u64, keyframe: bool) -> usize {
+    /// What the bus has of a group starting at this frame: all of it (a group before the
+    /// one it is in, within [`REPLAY_WINDOW`] ticks), its first frames (the group it is in),
+    /// or nothing (a newer group; or much older, a publisher that started its clock again).
+    fn replayed(&self, timestamp: u64, keyframe: bool) -> Replayed {
         match *self.lock() {
-            Some((key, written)) if keyframe && key == timestamp => written,
-            _ => 0,
+            Some((key, written)) if keyframe && key == timestamp => Replayed::Frames(written),
+            Some((key, _)) if timestamp < key && key - timestamp < REPLAY_WINDOW => Replayed::Group,
+            _ => Replayed::Frames(0),
         }
     }
 
@@ -324,7 +342,7 @@ async fn pump(
 ) -> Result<(), String> {
     let mut sub = subscribe(&served, &name).await.map_err(|e| e.to_string())?;
     let _held = Held::new(&shared.metrics.upstream_subscriptions);
-    let mut first = true;
+    let mut checked = 0usize;
     // A publisher that makes keyframes on request (WebRTC) may have sent its last one long
     // ago: the upstream's cached group is then old and long. A new pull asks for a fresh
     // keyframe instead (the request goes up the tiers to the publisher) and skips the cached
@@ -345,7 +363,7 @@ async fn pump(
         let mut index = 0usize;
         let mut skip = 0usize;
         if std::mem::take(&mut skip_group) {
-            first = false;
+            checked = REPLAY_GROUPS;
             continue;
         }
         loop {
@@ -364,14 +382,16 @@ async fn pump(
                 .metrics
                 .bytes_in
                 .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
-            if index == 0 && first {
-                // After a failover the new upstream replays the group the bus is in from its
-                // keyframe: skip what was written already.
-                skip = writer.already_written(frame.timestamp, frame.keyframe);
-                debug!(track = %name, timestamp = frame.timestamp, keyframe = frame.keyframe, skip, "relay: first frame from this upstream");
+            if index == 0 && checked < REPLAY_GROUPS {
+                // After a failover the new upstream replays recent groups from its cache:
+                // skip what the bus has already.
+                checked += 1;
+                match writer.replayed(frame.timestamp, frame.keyframe) {
+                    Replayed::Group => break,
+                    Replayed::Frames(n) => skip = n,
+                }
             }
             index += 1;
-            first = false;
             if skip > 0 {
                 skip -= 1;
                 continue;

@@ -219,3 +219,43 @@ async fn a_client_whose_certificate_the_registry_does_not_list_is_refused_in_the
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_shield_hands_its_pulls_to_the_next_path_without_a_gap() {
+    let routing = Arc::new(RoutingTable::new());
+    let a = start("node-a", Tier::Primary, &routing);
+    let b = start("node-b", Tier::Secondary, &routing);
+    let c = start("node-c", Tier::Primary, &routing);
+    let alice = ChannelName::new("alice").expect("name");
+    let _publisher = publish(&a.bus);
+    routing.apply(&Event::ChannelClaimed {
+        channel: alice.clone(),
+        node: NodeId::new("node-a").expect("id"),
+    });
+    let broadcast = c.bus.find(&alice).await.expect("pulled onto C");
+    let mut video = broadcast.track("video").expect("video");
+    let number = |f: &Frame| u64::from_be_bytes(f.payload[..8].try_into().expect("8 bytes"));
+    let mut last = number(&video.next_frame().await.expect("frame"));
+    assert_eq!(metric(&b.relay, "starling_relay_downstream_sessions"), 1.0);
+
+    // The operator drains B: C moves to the origin at once, and B is left alone.
+    let mut drained = routing
+        .nodes()
+        .into_iter()
+        .find(|n| n.id.as_str() == "node-b")
+        .expect("B");
+    drained.draining = true;
+    routing.apply(&Event::NodeChanged(drained));
+    let moved = Instant::now();
+    while moved.elapsed() < Duration::from_secs(2) {
+        let frame = tokio::time::timeout(Duration::from_secs(1), video.next_frame())
+            .await
+            .expect("frames go on")
+            .expect("frame");
+        let n = number(&frame);
+        assert_eq!(n, last + 1, "no frame lost, none twice");
+        last = n;
+    }
+    assert_eq!(metric(&c.relay, "starling_relay_failovers_total"), 1.0);
+    assert_eq!(metric(&a.relay, "starling_relay_downstream_sessions"), 2.0);
+}
