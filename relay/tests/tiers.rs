@@ -258,4 +258,26 @@ async fn a_draining_shield_hands_its_pulls_to_the_next_path_without_a_gap() {
     }
     assert_eq!(metric(&c.relay, "starling_relay_failovers_total"), 1.0);
     assert_eq!(metric(&a.relay, "starling_relay_downstream_sessions"), 2.0);
+
+    // The last reader leaves: after the linger time (1 s here) C lets its upstream go, and
+    // the channel is no longer on its bus.
+    drop(video);
+    drop(broadcast);
+    let left = Instant::now();
+    while metric(&c.relay, "starling_relay_upstream_subscriptions") > 0.0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(5),
+            "C let go of its pull"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "upstream let go {:?} after the last reader left",
+        left.elapsed()
+    );
+    assert!(
+        left.elapsed() >= Duration::from_secs(1),
+        "not before the linger time"
+    );
+    assert!(c.bus.live().is_empty());
 }
