@@ -253,6 +253,18 @@ async fn a_viewer_on_a_primary_sees_a_webrtc_publisher_on_the_origin_at_once() -
     // A second of margin over the second asked for: this machine runs three debug builds,
     // two browsers and an encoder on two cores.
     ensure!(ttff < 2000.0, "first frame after {ttff} ms");
+    // The same join on the origin, for comparison (printed, not asserted: a timing).
+    viewer.client.goto(&a.url("/watch/cam")).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let on_origin = loop {
+        let p = viewer.player().await?;
+        if num(&p, "video.framesDecoded") > 0.0 && p["ttffMs"].is_number() {
+            break num(&p, "ttffMs");
+        }
+        ensure!(Instant::now() < deadline, "no picture on A: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("first frame: {ttff} ms on the primary (two hops), {on_origin} ms on the origin");
     viewer.close().await?;
     publisher.close().await
 }

@@ -248,6 +248,14 @@ async fn attempt(
                         ));
                     }
                     if *state.borrow() == PullState::Starting {
+                        // The keyframe channel is dialled now, so a viewer's first request
+                        // does not wait for a handshake.
+                        if tracks.values().any(|t| t.writer.producer.consume().accepts_keyframe_requests()) {
+                            let (shared, upstream) = (shared.clone(), upstream.clone());
+                            tokio::spawn(async move {
+                                let _ = shared.peers.control(&shared, &upstream).await;
+                            });
+                        }
                         state.send_replace(PullState::Ready);
                         info!(channel = %name, upstream = %upstream.id, "relay: pulled");
                     }
@@ -263,6 +271,10 @@ async fn attempt(
                 return Ended::Lost(why);
             }
             err = peer.session.closed() => return Ended::Lost(format!("session closed: {err}")),
+            // A viewer here wants a keyframe: ask upstream now, not at the next tick.
+            () = producer.keyframe_requested() => {
+                forward_keyframe_requests(shared, name, upstream, tracks);
+            }
             _ = tick.tick() => {
                 if shared.routing.origin(name).is_none() {
                     return Ended::Over;

@@ -79,17 +79,7 @@ impl Peers {
         channel: &ChannelName,
         track: &str,
     ) -> Result<(), String> {
-        let conn = {
-            let mut control = self.control.lock().await;
-            match control.get(&node.id).filter(|c| c.close_reason().is_none()) {
-                Some(conn) => conn.clone(),
-                None => {
-                    let conn = dial(shared, node, CONTROL_ALPN).await?;
-                    control.insert(node.id.clone(), conn.clone());
-                    conn
-                }
-            }
-        };
+        let conn = self.control(shared, node).await?;
         let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
         let message = format!("{channel} {track}");
         stream
@@ -98,6 +88,23 @@ impl Peers {
             .map_err(|e| e.to_string())?;
         stream.finish().map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+impl Peers {
+    /// The keyframe connection to `node`, dialled if there is none open.
+    pub(crate) async fn control(
+        &self,
+        shared: &Arc<Shared>,
+        node: &NodeInfo,
+    ) -> Result<quinn::Connection, String> {
+        let mut control = self.control.lock().await;
+        if let Some(conn) = control.get(&node.id).filter(|c| c.close_reason().is_none()) {
+            return Ok(conn.clone());
+        }
+        let conn = dial(shared, node, CONTROL_ALPN).await?;
+        control.insert(node.id.clone(), conn.clone());
+        Ok(conn)
     }
 }
 
