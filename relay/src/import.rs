@@ -356,15 +356,13 @@ async fn pump(
     let _held = Held::new(&shared.metrics.upstream_subscriptions);
     let mut checked = 0usize;
     // A publisher that makes keyframes on request (WebRTC) may have sent its last one long
-    // ago: the upstream's cached group is then old and long. A new pull asks for a fresh
-    // keyframe instead (the request goes up the tiers to the publisher) and skips the cached
-    // group, so viewers here join at the fresh one, as they do on the origin.
-    let probe = writer.producer.consume();
-    let mut skip_group = writer.never_written() && probe.accepts_keyframe_requests();
-    if skip_group {
-        probe.request_keyframe();
-    }
-    drop(probe);
+    // ago: the upstream's cached group is then old and long. A new pull skips such a group, so
+    // viewers here find none, ask for a fresh keyframe (the request goes up the tiers to the
+    // publisher) and join at it, as they do on the origin. The pull itself asks nothing: a
+    // publisher answers keyframe requests at a bounded rate, and one spent here would make
+    // the viewer's own wait.
+    let mut check_stale =
+        writer.never_written() && writer.producer.consume().accepts_keyframe_requests();
     loop {
         let mut group = match sub.next_group().await {
             Ok(Some(group)) => group,
@@ -374,12 +372,24 @@ async fn pump(
         };
         let mut index = 0usize;
         let mut skip = 0usize;
-        if std::mem::take(&mut skip_group) {
+        let mut replay = Vec::new();
+        if std::mem::take(&mut check_stale) {
             checked = REPLAY_GROUPS;
-            continue;
+            match stale(&mut group).await {
+                Some(frames) => replay = frames,
+                None => {
+                    debug!(track = %name, "relay: the upstream's cached group is stale; waiting for a fresh keyframe");
+                    continue;
+                }
+            }
         }
+        let mut replay = replay.into_iter();
         loop {
-            let frame = match group.read_frame().await {
+            let next = match replay.next() {
+                Some(frame) => Ok(Some(frame)),
+                None => group.read_frame().await,
+            };
+            let frame = match next {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 // Superseded while being read (a newer group is here): on to it.
@@ -419,6 +429,38 @@ async fn pump(
     Ok(())
 }
 
+/// A group's frames that its upstream sends at once (from its cache, back to back) span more
+/// than this: the group began this long ago.
+const STALE: Duration = Duration::from_millis(500);
+/// Frames of a cached group come closer together than this; live ones further apart.
+const BURST_GAP: Duration = Duration::from_millis(25);
+
+/// Reads what a group's upstream has of it at once. `None` if that spans more than [`STALE`]
+/// of media time (90 kHz: tracks whose publisher makes keyframes on request are video);
+/// else the frames read, to be written.
+async fn stale(group: &mut moq_net::group::Consumer) -> Option<Vec<moq_net::frame::Frame>> {
+    let mut frames: Vec<moq_net::frame::Frame> = Vec::new();
+    let mut span = (u64::MAX, 0u64);
+    loop {
+        let wait = if frames.is_empty() {
+            Duration::from_secs(5)
+        } else {
+            BURST_GAP
+        };
+        match tokio::time::timeout(wait, group.read_frame()).await {
+            Ok(Ok(Some(frame))) => {
+                if let Ok(w) = wire::decode(frame.payload.clone()) {
+                    span = (span.0.min(w.timestamp), span.1.max(w.timestamp));
+                }
+                frames.push(frame);
+            }
+            _ => break,
+        }
+    }
+    let media = span.1.saturating_sub(span.0);
+    (Duration::from_micros(media.saturating_mul(1_000_000) / 90_000) <= STALE).then_some(frames)
+}
+
 /// A group given up for a newer one: the subscription goes on.
 fn behind(err: &moq_net::Error) -> bool {
     matches!(
@@ -445,6 +487,7 @@ fn forward_keyframe_requests(
         if pulled.writer.producer.take_keyframe_request() {
             pulled.last_keyframe_request = Some(Instant::now());
             inc(&shared.metrics.keyframe_requests_up);
+            debug!(channel = %name, %track, upstream = %upstream.id, "relay: keyframe request sent upstream");
             let (shared, name, upstream, track) = (
                 shared.clone(),
                 name.clone(),
