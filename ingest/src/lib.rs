@@ -113,7 +113,8 @@ impl Ingest {
             .bus
             .live()
             .iter()
-            .any(|b| b.name == name && b.publishing)
+            // A copy pulled from another node does not hold the channel here.
+            .any(|b| b.name == name && b.publishing && !b.relayed)
         {
             return Err(BusError::AlreadyLive(name).into());
         }

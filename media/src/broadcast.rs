@@ -98,6 +98,17 @@ impl BroadcastShared {
         true
     }
 
+    /// Ends the broadcast now, whatever its producer does (a relayed broadcast a local
+    /// publisher takes over: its viewers see the end and join again).
+    pub(crate) fn end(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.publishing.store(false, Ordering::Release);
+        drop(state);
+        self.notify.notify_waiters();
+        self.wakers.wake_all();
+    }
+
     fn lock(&self) -> MutexGuard<'_, BroadcastState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

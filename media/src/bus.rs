@@ -163,6 +163,14 @@ impl Bus {
     fn publish_as(&self, name: ChannelName, relayed: bool) -> Result<BroadcastProducer, BusError> {
         let mut map = self.shared.lock();
         if let Some(existing) = map.get(&name) {
+            // A publisher here takes over from a copy pulled from another node (the channel's
+            // origin moved here): the copy ends.
+            if existing.relayed && !relayed {
+                existing.end();
+                map.remove(&name);
+            }
+        }
+        if let Some(existing) = map.get(&name) {
             if existing.is_publishing() {
                 return Err(BusError::AlreadyLive(name));
             }

@@ -212,3 +212,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_local_publisher_takes_over_from_a_relayed_copy_whose_consumers_see_the_end() {
+    let bus = Bus::new(TrackLimits::default());
+    let name = ChannelName::new("moved").expect("name");
+    let relayed = bus.publish_relayed(name.clone()).expect("relayed");
+    let viewer = bus.subscribe(&name).expect("live");
+    assert!(viewer.is_relayed());
+    let local = bus
+        .publish(name.clone())
+        .expect("a local publisher takes the name");
+    assert!(viewer.is_closed(), "the relayed copy ended");
+    let now = bus.subscribe(&name).expect("live");
+    assert!(!now.is_relayed());
+    // The relay letting its copy go later does not touch the local broadcast.
+    drop(relayed);
+    assert!(bus.subscribe(&name).is_some_and(|b| !b.is_relayed()));
+    drop(local);
+}

@@ -90,11 +90,6 @@ impl Writer {
         }
     }
 
-    /// Nothing written yet: this is the pull's first upstream.
-    fn never_written(&self) -> bool {
-        self.lock().is_none()
-    }
-
     fn write(&self, frame: Frame) {
         {
             let mut group = self.lock();
@@ -355,14 +350,12 @@ async fn pump(
     let mut sub = subscribe(&served, &name).await.map_err(|e| e.to_string())?;
     let _held = Held::new(&shared.metrics.upstream_subscriptions);
     let mut checked = 0usize;
-    // A publisher that makes keyframes on request (WebRTC) may have sent its last one long
-    // ago: the upstream's cached group is then old and long. A new pull skips such a group, so
-    // viewers here find none, ask for a fresh keyframe (the request goes up the tiers to the
-    // publisher) and join at it, as they do on the origin. The pull itself asks nothing: a
-    // publisher answers keyframe requests at a bounded rate, and one spent here would make
-    // the viewer's own wait.
-    let mut check_stale =
-        writer.never_written() && writer.producer.consume().accepts_keyframe_requests();
+    // The first group comes from the upstream's cache: what it has of it arrives at once. Its
+    // frames are stamped as having arrived as long ago as their media time is behind the last
+    // of them, so the bus knows the group's age: a viewer here then replays a recent group, or,
+    // for a publisher that makes keyframes on request (WebRTC) whose last one is old, asks for
+    // a fresh keyframe (up the tiers) and joins at it, as on the origin.
+    let mut first_group = true;
     loop {
         let mut group = match sub.next_group().await {
             Ok(Some(group)) => group,
@@ -373,21 +366,14 @@ async fn pump(
         let mut index = 0usize;
         let mut skip = 0usize;
         let mut replay = Vec::new();
-        if std::mem::take(&mut check_stale) {
-            checked = REPLAY_GROUPS;
-            match stale(&mut group).await {
-                Some(frames) => replay = frames,
-                None => {
-                    debug!(track = %name, "relay: the upstream's cached group is stale; waiting for a fresh keyframe");
-                    continue;
-                }
-            }
+        if std::mem::take(&mut first_group) {
+            replay = cached(&mut group).await;
         }
         let mut replay = replay.into_iter();
         loop {
-            let next = match replay.next() {
-                Some(frame) => Ok(Some(frame)),
-                None => group.read_frame().await,
+            let (next, arrived) = match replay.next() {
+                Some((frame, arrived)) => (Ok(Some(frame)), arrived),
+                None => (group.read_frame().await, Instant::now()),
             };
             let frame = match next {
                 Ok(Some(frame)) => frame,
@@ -422,26 +408,26 @@ async fn pump(
                 frame.timestamp,
                 frame.keyframe,
                 frame.payload,
-                Instant::now(),
+                arrived,
             ));
         }
     }
     Ok(())
 }
 
-/// A group's frames that its upstream sends at once (from its cache, back to back) span more
-/// than this: the group began this long ago.
-const STALE: Duration = Duration::from_millis(500);
 /// Frames of a cached group come closer together than this; live ones further apart.
 const BURST_GAP: Duration = Duration::from_millis(25);
+/// At most this many frames are read ahead of writing them (a cached group is bounded by the
+/// upstream's own cache; this bounds what is held here meanwhile).
+const MAX_CACHED_FRAMES: usize = 1024;
 
-/// Reads what a group's upstream has of it at once. `None` if that spans more than [`STALE`]
-/// of media time (90 kHz: tracks whose publisher makes keyframes on request are video);
-/// else the frames read, to be written.
-async fn stale(group: &mut moq_net::group::Consumer) -> Option<Vec<moq_net::frame::Frame>> {
-    let mut frames: Vec<moq_net::frame::Frame> = Vec::new();
-    let mut span = (u64::MAX, 0u64);
-    loop {
+/// Reads what the upstream sends of a group at once (its cached part, back to back), each
+/// frame with when it may be said to have arrived: now, less how far its media time is behind
+/// the last of them. The relay knows no codec clocks, so 90 kHz (video's) is assumed; the age
+/// only steers how a viewer of a track with keyframes on request (video) joins.
+async fn cached(group: &mut moq_net::group::Consumer) -> Vec<(moq_net::frame::Frame, Instant)> {
+    let mut frames: Vec<(moq_net::frame::Frame, u64)> = Vec::new();
+    while frames.len() < MAX_CACHED_FRAMES {
         let wait = if frames.is_empty() {
             Duration::from_secs(5)
         } else {
@@ -449,16 +435,26 @@ async fn stale(group: &mut moq_net::group::Consumer) -> Option<Vec<moq_net::fram
         };
         match tokio::time::timeout(wait, group.read_frame()).await {
             Ok(Ok(Some(frame))) => {
-                if let Ok(w) = wire::decode(frame.payload.clone()) {
-                    span = (span.0.min(w.timestamp), span.1.max(w.timestamp));
-                }
-                frames.push(frame);
+                let ts = wire::decode(frame.payload.clone()).map_or(0, |w| w.timestamp);
+                frames.push((frame, ts));
             }
             _ => break,
         }
     }
-    let media = span.1.saturating_sub(span.0);
-    (Duration::from_micros(media.saturating_mul(1_000_000) / 90_000) <= STALE).then_some(frames)
+    let now = Instant::now();
+    let last = frames.iter().map(|(_, ts)| *ts).max().unwrap_or(0);
+    frames
+        .into_iter()
+        .map(|(frame, ts)| {
+            let behind =
+                Duration::from_micros(last.saturating_sub(ts).saturating_mul(1_000_000) / 90_000);
+            (
+                frame,
+                now.checked_sub(behind.min(Duration::from_secs(60)))
+                    .unwrap_or(now),
+            )
+        })
+        .collect()
 }
 
 /// A group given up for a newer one: the subscription goes on.

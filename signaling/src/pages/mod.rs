@@ -32,6 +32,8 @@ struct ChannelInfo {
     notice: Option<String>,
     /// `live`, or `reconnecting` while the publisher is away within the grace period.
     state: &'static str,
+    /// Pulled from another node by the relay: its publisher is elsewhere in the cluster.
+    relayed: bool,
     watch: String,
 }
 
@@ -47,6 +49,7 @@ impl From<LiveBroadcast> for ChannelInfo {
             tracks: b.tracks,
             notice: b.notice,
             state: if b.publishing { "live" } else { "reconnecting" },
+            relayed: b.relayed,
         }
     }
 }
