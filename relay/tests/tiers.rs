@@ -76,8 +76,17 @@ fn publish(bus: &Bus) -> tokio::task::JoinHandle<()> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_plays_on_a_primary_through_a_shield_and_moves_to_the_origin_when_it_dies() {
+/// A (origin, publishing `alice`), B (secondary) and C (primary), sharing a routing table.
+struct Cluster {
+    routing: Arc<RoutingTable>,
+    a: Node,
+    b: Node,
+    c: Node,
+    alice: ChannelName,
+    _publisher: tokio::task::JoinHandle<()>,
+}
+
+fn cluster() -> Cluster {
     let routing = Arc::new(RoutingTable::new());
     let a = start("node-a", Tier::Primary, &routing);
     let b = start("node-b", Tier::Secondary, &routing);
@@ -88,6 +97,26 @@ async fn a_channel_plays_on_a_primary_through_a_shield_and_moves_to_the_origin_w
         channel: alice.clone(),
         node: NodeId::new("node-a").expect("id"),
     });
+    Cluster {
+        routing,
+        a,
+        b,
+        c,
+        alice,
+        _publisher,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_plays_on_a_primary_through_a_shield_and_moves_to_the_origin_when_it_dies() {
+    let Cluster {
+        routing: _,
+        a,
+        b,
+        c,
+        alice,
+        _publisher,
+    } = cluster();
 
     // Ten readers on C at once: one pull.
     let mut found = Vec::new();
@@ -222,16 +251,14 @@ async fn a_client_whose_certificate_the_registry_does_not_list_is_refused_in_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_shield_hands_its_pulls_to_the_next_path_without_a_gap() {
-    let routing = Arc::new(RoutingTable::new());
-    let a = start("node-a", Tier::Primary, &routing);
-    let b = start("node-b", Tier::Secondary, &routing);
-    let c = start("node-c", Tier::Primary, &routing);
-    let alice = ChannelName::new("alice").expect("name");
-    let _publisher = publish(&a.bus);
-    routing.apply(&Event::ChannelClaimed {
-        channel: alice.clone(),
-        node: NodeId::new("node-a").expect("id"),
-    });
+    let Cluster {
+        routing,
+        a,
+        b,
+        c,
+        alice,
+        _publisher,
+    } = cluster();
     let broadcast = c.bus.find(&alice).await.expect("pulled onto C");
     let mut video = broadcast.track("video").expect("video");
     let number = |f: &Frame| u64::from_be_bytes(f.payload[..8].try_into().expect("8 bytes"));
