@@ -13,7 +13,7 @@ use media::{BroadcastProducer, ChannelName, Frame, TrackProducer};
 use moq_net::{broadcast, track};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::catalog::{self, Catalog};
 use crate::metrics::{inc, Held};
@@ -383,7 +383,8 @@ async fn pump(
                 Err(err) => return Err(err.to_string()),
             };
             let Ok(frame) = wire::decode(frame.payload) else {
-                warn!(track = %name, "relay: undecodable frame from upstream dropped");
+                // Once per frame: debug, so a broken peer cannot flood the log.
+                debug!(track = %name, "relay: undecodable frame from upstream dropped");
                 continue;
             };
             shared

@@ -89,9 +89,7 @@ impl Peers {
         stream.finish().map_err(|e| e.to_string())?;
         Ok(())
     }
-}
 
-impl Peers {
     /// The keyframe connection to `node`, dialled if there is none open.
     pub(crate) async fn control(
         &self,
