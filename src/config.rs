@@ -44,7 +44,7 @@ pub struct Config {
     /// Allow a Redis over plain TCP (a warning says so).
     pub redis_insecure: bool,
     /// Channels allowed to publish, with their keys. Empty: anyone may publish any name.
-    pub channels: BTreeMap<String, ingest::ChannelConfig>,
+    pub channels: BTreeMap<String, admission::ChannelConfig>,
 }
 
 const SECTIONS: [&str; 16] = [

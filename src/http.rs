@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use admission::PerIp;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use ingest::limits::PerIp;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_http::add_extension::AddExtension;

@@ -176,7 +176,7 @@ impl Bitrate {
 
 /// Channel claims for ingest, made in `registry` for node `id`. A registry that cannot be
 /// reached does not keep publishers out: the channel goes unclaimed and a warning says so.
-pub fn claims<R: Registry + 'static>(registry: Arc<R>, id: NodeId) -> Arc<dyn ingest::Claims> {
+pub fn claims<R: Registry + 'static>(registry: Arc<R>, id: NodeId) -> Arc<dyn admission::Claims> {
     Arc::new(RegistryClaims { registry, id })
 }
 
@@ -185,17 +185,17 @@ struct RegistryClaims<R> {
     id: NodeId,
 }
 
-impl<R: Registry + 'static> ingest::Claims for RegistryClaims<R> {
+impl<R: Registry + 'static> admission::Claims for RegistryClaims<R> {
     fn claim<'a>(
         &'a self,
         channel: &'a media::ChannelName,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(), ingest::HeldElsewhere>> + Send + 'a>,
+        Box<dyn std::future::Future<Output = Result<(), admission::HeldElsewhere>> + Send + 'a>,
     > {
         Box::pin(async move {
             match self.registry.claim_channel(channel, &self.id).await {
                 Ok(Claim::Owned) => Ok(()),
-                Ok(Claim::OwnedBy(node)) => Err(ingest::HeldElsewhere(node.to_string())),
+                Ok(Claim::OwnedBy(node)) => Err(admission::HeldElsewhere(node.to_string())),
                 Err(err) => {
                     warn!(%err, %channel, "registry: channel not claimed; admitting its publisher");
                     Ok(())

@@ -73,7 +73,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
-    let publishers = ingest::Publishers::from_config(&config.channels)?;
+    let publishers = admission::Publishers::from_config(&config.channels)?;
     if publishers.is_open() {
         warn!("no channels configured: publishing is open to any name");
     }
@@ -107,18 +107,19 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     )
     .await?;
     let registry = Arc::new(registry);
-    let mut ingest = ingest::Ingest::new(bus.clone(), publishers);
+    let mut admission = admission::Admission::new(bus.clone(), publishers);
     // In a cluster, a publisher is admitted once its channel is claimed for this node.
     if !matches!(*registry, crate::registry::Backend::Memory(_)) {
-        ingest = ingest.with_claims(crate::node::claims(registry.clone(), node_id.clone()));
+        admission = admission.with_claims(crate::node::claims(registry.clone(), node_id.clone()));
     }
+    let ingest = ingest::Ingest::new(admission.clone());
     // This node's view of the cluster, kept current by the registry's events.
     let routing = Arc::new(cluster::RoutingTable::new());
     tokio::spawn({
         let (routing, registry) = (routing.clone(), registry.clone());
         async move { routing.follow(&*registry).await }
     });
-    let sfu = sfu::Sfu::start(config.webrtc.clone(), ingest.clone()).await?;
+    let sfu = sfu::Sfu::start(config.webrtc.clone(), admission.clone()).await?;
     sfu.set_roles(roles.sfu, roles.ingest);
     // The relay: other nodes pull what is published here; viewers here watch what is
     // published elsewhere.
@@ -270,7 +271,7 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     let app = signaling::router(bus)
         .merge(sfu::router(sfu.clone()))
         .merge(nodes);
-    let http_limits = ingest
+    let http_limits = admission
         .limits()
         .per_ip("http", config.http.max_connections_per_ip);
     listeners.spawn(async move {

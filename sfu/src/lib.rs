@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ingest::Ingest;
+use admission::Admission;
 use media::Bus;
 use tokio::net::UdpSocket;
 
@@ -77,7 +77,7 @@ pub struct Sfu {
 
 struct Inner {
     bus: Bus,
-    ingest: Ingest,
+    admission: Admission,
     config: WebRtcConfig,
     socket: Arc<UdpSocket>,
     egress: Arc<egress::Egress>,
@@ -88,7 +88,7 @@ struct Inner {
     /// Keyframe requests (PLI/FIR) sent to WebRTC publishers, for `/metrics`.
     keyframe_requests: AtomicU64,
     /// Sessions not yet connected, per client address.
-    pending_per_ip: ingest::limits::PerIp,
+    pending_per_ip: admission::PerIp,
     /// What this node's roles let it take: viewers (`sfu`), WebRTC publishers (`ingest`).
     takes_viewers: AtomicBool,
     takes_publishers: AtomicBool,
@@ -123,9 +123,9 @@ impl Sfu {
         let _ = self.inner.extra_metrics.set(render);
     }
 
-    /// Binds the WebRTC UDP socket and starts its receive loop. Viewers read `ingest`'s bus;
-    /// WHIP publishers are authorised and written by `ingest`.
-    pub async fn start(config: WebRtcConfig, ingest: Ingest) -> Result<Self, SfuError> {
+    /// Binds the WebRTC UDP socket and starts its receive loop. Viewers read `admission`'s
+    /// bus; WHIP publishers are admitted by `admission` and write into its bus.
+    pub async fn start(config: WebRtcConfig, admission: Admission) -> Result<Self, SfuError> {
         let socket = UdpSocket::bind(config.listen)
             .await
             .map_err(|e| SfuError::Bind(config.listen, e))?;
@@ -143,11 +143,13 @@ impl Sfu {
         let egress = egress::Egress::new(socket.clone(), pin_source)
             .map_err(|e| SfuError::Bind(config.listen, e))?;
         egress::log_capabilities(&egress);
-        let pending_per_ip = ingest.limits().per_ip("webrtc", config.max_pending_per_ip);
+        let pending_per_ip = admission
+            .limits()
+            .per_ip("webrtc", config.max_pending_per_ip);
         let inner = Inner {
             pending_per_ip,
-            bus: ingest.bus().clone(),
-            ingest,
+            bus: admission.bus().clone(),
+            admission,
             config,
             socket,
             egress: Arc::new(egress),

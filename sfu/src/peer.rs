@@ -75,7 +75,7 @@ pub(crate) struct PeerIo {
     bound: Option<SocketAddr>,
     /// The session's place under its client address's cap of unconnected sessions, given
     /// back when it connects.
-    pub(crate) pending: Option<ingest::limits::IpPermit>,
+    pub(crate) pending: Option<admission::IpPermit>,
 }
 
 impl Drop for PeerIo {
@@ -174,9 +174,10 @@ mod tests {
             listen: ([127, 0, 0, 1], 0).into(),
             ..WebRtcConfig::default()
         };
-        let publishers = ingest::Publishers::from_config(&BTreeMap::new()).expect("open");
-        let ingest = ingest::Ingest::new(media::Bus::with_config(Default::default()), publishers);
-        let sfu = Sfu::start(config, ingest).await.expect("sfu");
+        let publishers = admission::Publishers::from_config(&BTreeMap::new()).expect("open");
+        let admission =
+            admission::Admission::new(media::Bus::with_config(Default::default()), publishers);
+        let sfu = Sfu::start(config, admission).await.expect("sfu");
         let name = media::ChannelName::new("c").expect("name");
         let status = std::sync::Arc::default();
         let (_, io) = crate::http::register(&sfu, name, "ufrag".into(), "r".into(), Some(status));

@@ -30,7 +30,7 @@ pub(crate) struct Publisher {
     pub(crate) broadcast: BroadcastProducer,
     pub(crate) sfu: Sfu,
     /// The channel held in the cluster registry while publishing.
-    pub(crate) _claim: ingest::Claimed,
+    pub(crate) _claim: admission::Claimed,
 }
 
 /// One incoming stream (a media line, and a simulcast layer of it).

@@ -171,6 +171,11 @@ async fn handshake(
                     Err(code::INVALID_STREAM_KEY)
                 }
                 Err(Refusal::Live(_) | Refusal::Elsewhere(_)) => Err(code::CHANNEL_IN_USE),
+                // A refusal admission may add later.
+                Err(refusal) => {
+                    debug!(%refusal, "ftl publish refused");
+                    Err(code::BAD_REQUEST)
+                }
             };
             action = control.authenticated(result);
         }

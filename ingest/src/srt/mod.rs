@@ -230,6 +230,7 @@ fn decide(
             let reason = match refusal {
                 Refusal::Auth(_) => ServerRejectReason::Unauthorized,
                 Refusal::Live(_) | Refusal::Elsewhere(_) => ServerRejectReason::Conflict,
+                _ => ServerRejectReason::Forbidden,
             };
             (reason, refusal.to_string())
         })?;

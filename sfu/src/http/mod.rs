@@ -372,7 +372,7 @@ async fn metrics(State(sfu): State<Sfu>) -> Response {
         "# HELP starling_refused_per_ip_total Connections or offers refused because their client address held its cap.\n\
          # TYPE starling_refused_per_ip_total counter\n",
     );
-    for (listener, refused) in sfu.inner.ingest.limits().refused() {
+    for (listener, refused) in sfu.inner.admission.limits().refused() {
         body.push_str(&format!(
             "starling_refused_per_ip_total{{listener=\"{listener}\"}} {refused}\n"
         ));
@@ -416,7 +416,7 @@ pub(crate) fn register(
 fn pending_place(
     sfu: &Sfu,
     client: Option<&crate::ClientAddr>,
-) -> Result<Option<ingest::limits::IpPermit>, Box<Response>> {
+) -> Result<Option<admission::IpPermit>, Box<Response>> {
     let Some(crate::ClientAddr(addr)) = client else {
         return Ok(None);
     };

@@ -1,10 +1,10 @@
 //! `POST /whip/{channel}` (RFC 9725): a publisher's SDP offer in with `Authorization: Bearer
 //! <key>`; `201` with the answer and `Location` out.
 
+use admission::{AuthError, Refusal};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ingest::{AuthError, Refusal};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::{
@@ -45,17 +45,17 @@ pub(super) async fn offer(
         Ok(place) => place,
         Err(response) => return *response,
     };
-    let ingest = &sfu.inner.ingest;
-    let name = match ingest.authorize(&channel, token) {
+    let admission = &sfu.inner.admission;
+    let name = match admission.authorize(&channel, token) {
         Ok(name) => name,
         Err(refusal) => return refused(&refusal),
     };
     // In a cluster the channel must be ours before the publisher is admitted.
-    let claim = match ingest.claim(&name).await {
+    let claim = match admission.claim(&name).await {
         Ok(claim) => claim,
         Err(refusal) => return refused(&refusal),
     };
-    let broadcast = match ingest.bus().publish(name) {
+    let broadcast = match admission.bus().publish(name) {
         Ok(b) => b,
         Err(err) => return refused(&err.into()),
     };

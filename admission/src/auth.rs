@@ -33,6 +33,22 @@ impl StreamKey {
         let key = hmac::Key::new(hmac::HMAC_SHA512, self.0.as_bytes());
         hmac::verify(&key, message, tag).is_ok()
     }
+
+    /// The HMAC-SHA512 of `message` under this key: what an FTL client answers the challenge
+    /// with, for a front that speaks FTL to the node holding the channel.
+    pub fn hmac_sha512(&self, message: &[u8]) -> Vec<u8> {
+        let key = hmac::Key::new(hmac::HMAC_SHA512, self.0.as_bytes());
+        hmac::sign(&key, message).as_ref().to_vec()
+    }
+
+    /// The HMAC-SHA256 of `message` under this key, to sign tokens with.
+    pub fn hmac_sha256(&self, message: &[u8]) -> [u8; 32] {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, self.0.as_bytes());
+        let mut tag = [0u8; 32];
+        // SHA-256 tags are 32 bytes.
+        tag.copy_from_slice(hmac::sign(&key, message).as_ref());
+        tag
+    }
 }
 
 impl fmt::Debug for StreamKey {
@@ -119,6 +135,12 @@ impl Publishers {
     /// True when any name may publish (no channels configured).
     pub fn is_open(&self) -> bool {
         self.channels.is_empty()
+    }
+
+    /// The key of a configured channel (none when the policy is open or the channel unknown),
+    /// for a front that proves it to another node or signs tokens with it.
+    pub fn key(&self, channel: &ChannelName) -> Option<&StreamKey> {
+        self.channels.get(channel)
     }
 
     /// Checks a publisher's channel and key.
@@ -315,5 +337,30 @@ mod tests {
             Err(AuthError::UnknownChannel)
         );
         assert!(p.authorize_hmac("alice", &challenge, &[]).is_err());
+    }
+
+    #[test]
+    fn a_channel_key_signs_what_it_verifies() {
+        let p = policy();
+        let key = p.key(&name("alice")).unwrap();
+        assert!(p.key(&name("carol")).is_none());
+        assert!(Publishers::default().key(&name("alice")).is_none());
+        let challenge = [9u8; 128];
+        let tag = key.hmac_sha512(&challenge);
+        assert_eq!(tag.len(), 64);
+        assert!(key.verifies_hmac_sha512(&challenge, &tag));
+        assert_eq!(
+            p.authorize_hmac("alice", &challenge, &tag),
+            Ok(name("alice"))
+        );
+        assert_eq!(format!("{key:?}"), "StreamKey(<redacted>)");
+        // RFC 4231, test case 2.
+        let jefe = StreamKey::new("Jefe");
+        let tag = jefe.hmac_sha256(b"what do ya want for nothing?");
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 }
