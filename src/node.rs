@@ -1,16 +1,13 @@
 //! This node in the cluster registry: who it is, what it serves and how loaded it is, renewed
-//! every second; `GET /api/nodes` lists the nodes this node's routing table knows. With no Redis
-//! configured the registry is this process's own (in memory), so it lists this node; with
-//! Redis, the cluster.
+//! every second (`signaling`'s `GET /api/nodes` lists the nodes this node's routing table
+//! knows, and `/healthz` whether the last renewal got through). With no Redis configured the
+//! registry is this process's own (in memory); with Redis, the cluster's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
-use cluster::{Claim, Load, NodeId, NodeInfo, Ports, Registry, Role, RoutingTable};
+use cluster::{Claim, Load, NodeId, NodeInfo, Ports, Registry, Role};
 use tracing::{info, warn};
 
 /// How long a registration lives without renewal.
@@ -107,50 +104,6 @@ async fn reclaim(registry: &impl Registry, id: &NodeId, channels: &[media::Chann
             Err(err) => warn!(%err, %channel, "registry: channel not claimed again"),
         }
     }
-}
-
-/// `GET /api/nodes`: the live nodes as JSON; `GET /api/cluster/channels`: each channel's origin
-/// node. Both from this node's routing table, so they answer while the registry is down.
-/// `GET /healthz`: the node is alive, and whether its last registration reached the registry
-/// (the node serves either way).
-pub fn router(routing: Arc<RoutingTable>, registered: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route(
-            "/api/nodes",
-            get(|State(routing): State<Arc<RoutingTable>>| async move { Json(routing.nodes()) }),
-        )
-        .route("/api/cluster/channels", get(origins))
-        .with_state(routing)
-        .route(
-            "/healthz",
-            get(move || {
-                let up = registered.load(Ordering::Relaxed);
-                async move {
-                    if up {
-                        "ok\nregistry: ok\n"
-                    } else {
-                        "ok\nregistry: unavailable (retrying)\n"
-                    }
-                }
-            }),
-        )
-}
-
-/// A channel and the node holding its publisher, as `/api/cluster/channels` lists them.
-#[derive(serde::Serialize)]
-struct Origin {
-    channel: media::ChannelName,
-    node: NodeId,
-}
-
-async fn origins(State(routing): State<Arc<RoutingTable>>) -> Json<Vec<Origin>> {
-    Json(
-        routing
-            .channels()
-            .into_iter()
-            .map(|(channel, node)| Origin { channel, node })
-            .collect(),
-    )
 }
 
 /// Bitrate out from a byte counter sampled at each renewal.

@@ -134,8 +134,6 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
         let relay = relay::Relay::start(config.relay.clone(), me, bus.clone(), routing.clone())
             .context("relay")?;
         relay.serve_bus();
-        let shown = relay.clone();
-        sfu.add_metrics(Arc::new(move || shown.metrics()));
         Some(relay)
     } else {
         None
@@ -267,10 +265,19 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
         registered.clone(),
         stopped,
     ));
-    let nodes = crate::node::router(routing, registered);
-    let app = signaling::router(bus)
-        .merge(sfu::router(sfu.clone()))
-        .merge(nodes);
+    let mut metrics: Vec<signaling::MetricsSource> = Vec::new();
+    if let Some(relay) = &relay {
+        let relay = relay.clone();
+        metrics.push(Arc::new(move || relay.metrics()));
+    }
+    let app = signaling::node_routes(signaling::NodeRoutes {
+        bus,
+        sfu: sfu.clone(),
+        routing,
+        registered,
+        limits: admission.limits().clone(),
+        metrics,
+    });
     let http_limits = admission
         .limits()
         .per_ip("http", config.http.max_connections_per_ip);

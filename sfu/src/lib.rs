@@ -29,7 +29,7 @@ use media::Bus;
 use tokio::net::UdpSocket;
 
 pub use config::WebRtcConfig;
-pub use http::router;
+pub use http::whip_whep_routes;
 
 use peer::PeerHandle;
 use udp::Routes;
@@ -92,8 +92,6 @@ struct Inner {
     /// What this node's roles let it take: viewers (`sfu`), WebRTC publishers (`ingest`).
     takes_viewers: AtomicBool,
     takes_publishers: AtomicBool,
-    /// More `/metrics` text (the relay's).
-    extra_metrics: std::sync::OnceLock<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// The SFU could not start.
@@ -116,11 +114,6 @@ impl Sfu {
         self.inner
             .takes_publishers
             .store(publishers, Ordering::Relaxed);
-    }
-
-    /// Adds text to `/metrics` (another component's metrics).
-    pub fn add_metrics(&self, render: Arc<dyn Fn() -> String + Send + Sync>) {
-        let _ = self.inner.extra_metrics.set(render);
     }
 
     /// Binds the WebRTC UDP socket and starts its receive loop. Viewers read `admission`'s
@@ -160,7 +153,6 @@ impl Sfu {
             keyframe_requests: AtomicU64::new(0),
             takes_viewers: AtomicBool::new(true),
             takes_publishers: AtomicBool::new(true),
-            extra_metrics: std::sync::OnceLock::new(),
         };
         let sfu = Self {
             inner: Arc::new(inner),
@@ -202,6 +194,29 @@ impl Sfu {
     /// Keyframe requests sent to WebRTC publishers so far.
     pub fn keyframe_requests_sent(&self) -> u64 {
         self.inner.keyframe_requests.load(Ordering::Relaxed)
+    }
+
+    /// The SFU's part of the node's `/metrics`, in Prometheus' text format: its sessions,
+    /// routed addresses and keyframe requests.
+    pub fn metrics(&self) -> String {
+        format!(
+            "# HELP starling_viewers WebRTC viewer sessions on this node.\n\
+             # TYPE starling_viewers gauge\n\
+             starling_viewers {}\n\
+             # HELP starling_webrtc_publishers WebRTC (WHIP) publisher sessions on this node.\n\
+             # TYPE starling_webrtc_publishers gauge\n\
+             starling_webrtc_publishers {}\n\
+             # HELP starling_webrtc_bound_addresses Peer addresses the WebRTC socket routes to sessions.\n\
+             # TYPE starling_webrtc_bound_addresses gauge\n\
+             starling_webrtc_bound_addresses {}\n\
+             # HELP starling_publisher_keyframe_requests_total Keyframe requests (PLI/FIR) sent to WebRTC publishers.\n\
+             # TYPE starling_publisher_keyframe_requests_total counter\n\
+             starling_publisher_keyframe_requests_total {}\n",
+            self.viewers(),
+            self.publishers(),
+            self.bound_addresses(),
+            self.keyframe_requests_sent(),
+        )
     }
 
     fn count_keyframe_request(&self) {

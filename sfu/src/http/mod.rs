@@ -1,6 +1,6 @@
-//! The SFU's HTTP routes: WHEP for viewers, WHIP for publishers (RFC 9725), the session
-//! resources behind their `Location`s, and `/metrics`. Every route answers CORS preflights, so a
-//! page on another origin can publish and watch.
+//! The SFU's HTTP routes: WHEP for viewers, WHIP for publishers (RFC 9725), and the session
+//! resources behind their `Location`s. Every route answers CORS preflights, so a page on another
+//! origin can publish and watch. `signaling` puts them in the node's router.
 
 mod resource;
 mod whep;
@@ -8,7 +8,7 @@ mod whip;
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +25,9 @@ use crate::Sfu;
 /// Largest SDP offer or PATCH body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// The WHEP, WHIP and metrics routes.
-pub fn router(sfu: Sfu) -> Router {
+/// The WHEP and WHIP routes: `POST /whep/{channel}` and `POST /whip/{channel}`, `PATCH` and
+/// `DELETE` on the sessions' `Location`s, a viewer's layer, and their CORS preflights.
+pub fn whip_whep_routes(sfu: Sfu) -> Router {
     Router::new()
         .route("/whep/{channel}", post(whep::offer).options(preflight))
         .route("/whip/{channel}", post(whip::offer).options(preflight))
@@ -48,7 +49,6 @@ pub fn router(sfu: Sfu) -> Router {
                 .post(resource::set_layer)
                 .options(preflight),
         )
-        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(cors))
         .with_state(sfu)
@@ -342,45 +342,6 @@ pub(crate) fn str0m_codec(codec: &media::Codec) -> Codec {
         media::Codec::Audio(AudioCodec::Opus { .. }) => Codec::Opus,
         _ => Codec::H264,
     }
-}
-
-/// Prometheus text exposition of the node's gauges and counters.
-async fn metrics(State(sfu): State<Sfu>) -> Response {
-    let mut body = format!(
-        "# HELP starling_viewers WebRTC viewer sessions on this node.\n\
-         # TYPE starling_viewers gauge\n\
-         starling_viewers {}\n\
-         # HELP starling_webrtc_publishers WebRTC (WHIP) publisher sessions on this node.\n\
-         # TYPE starling_webrtc_publishers gauge\n\
-         starling_webrtc_publishers {}\n\
-         # HELP starling_live_channels Channels with a publisher on this node.\n\
-         # TYPE starling_live_channels gauge\n\
-         starling_live_channels {}\n\
-         # HELP starling_webrtc_bound_addresses Peer addresses the WebRTC socket routes to sessions.\n\
-         # TYPE starling_webrtc_bound_addresses gauge\n\
-         starling_webrtc_bound_addresses {}\n\
-         # HELP starling_publisher_keyframe_requests_total Keyframe requests (PLI/FIR) sent to WebRTC publishers.\n\
-         # TYPE starling_publisher_keyframe_requests_total counter\n\
-         starling_publisher_keyframe_requests_total {}\n",
-        sfu.viewers(),
-        sfu.publishers(),
-        sfu.inner.bus.live().len(),
-        sfu.bound_addresses(),
-        sfu.keyframe_requests_sent(),
-    );
-    body.push_str(
-        "# HELP starling_refused_per_ip_total Connections or offers refused because their client address held its cap.\n\
-         # TYPE starling_refused_per_ip_total counter\n",
-    );
-    for (listener, refused) in sfu.inner.admission.limits().refused() {
-        body.push_str(&format!(
-            "starling_refused_per_ip_total{{listener=\"{listener}\"}} {refused}\n"
-        ));
-    }
-    if let Some(extra) = sfu.inner.extra_metrics.get() {
-        body.push_str(&extra());
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Adds a peer to the SFU's table and its ufrag to the UDP routes; returns its id and the
