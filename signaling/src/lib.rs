@@ -7,6 +7,7 @@ mod api;
 mod metrics;
 mod pages;
 mod routes;
+pub mod sni;
 
 pub use metrics::MetricsSource;
 pub use pages::router;
