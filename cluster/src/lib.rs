@@ -16,7 +16,7 @@ mod upstream;
 pub use bundle::{download as download_bundle, from_paths as bundle_from_paths, BundleError};
 pub use memory::MemoryRegistry;
 pub use model::{Load, NodeId, NodeInfo, Ports, Role, Tier};
-pub use placement::choose;
+pub use placement::{choose, choose_viewer, VIEWER_LOAD_BAND};
 pub use redis::{RedisRegistry, TlsFiles};
 pub use registry::{Certificate, Claim, Event, Registry, RegistryError};
 pub use routing::RoutingTable;

@@ -87,8 +87,10 @@ impl FromStr for Tier {
     }
 }
 
-/// Where a node listens (0: not listening).
+/// Where a node listens (0: not listening). Ports a node of an older version did not list
+/// read as 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Ports {
     /// HTTP.
     pub http: u16,
@@ -96,6 +98,8 @@ pub struct Ports {
     pub https: u16,
     /// RTMP.
     pub rtmp: u16,
+    /// RTMPS (RTMP over TLS).
+    pub rtmps: u16,
     /// SRT (UDP).
     pub srt: u16,
     /// FTL control.

@@ -1,6 +1,10 @@
 //! Placement: which node takes a new viewer or publisher. Pure.
 
-use crate::model::{NodeInfo, Role};
+use crate::model::{NodeId, NodeInfo, Role, Tier};
+
+/// Viewers within this many of each other count as equally loaded when choosing a node for a
+/// viewer, so one that already carries the channel wins among them (it pulls nothing new).
+pub const VIEWER_LOAD_BAND: u32 = 100;
 
 /// The node for a newcomer needing `role`, near `region` if given: never a draining node;
 /// nodes in the region before others; then the least loaded (viewers for SFU nodes, ingest
@@ -19,6 +23,37 @@ pub fn choose<'a>(nodes: &'a [NodeInfo], role: Role, region: Option<&str>) -> Op
                 (elsewhere, load, n.load.bitrate_out)
             };
             key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id))
+        })
+}
+
+/// The node for a new viewer of a channel whose publisher is on `origin` (if live): a primary
+/// SFU node (any SFU node if no primary has the role), never a draining one; in `region`
+/// first; then the less loaded by bands of [`VIEWER_LOAD_BAND`] viewers; within a band, the one
+/// that already carries the channel (its origin); then fewer viewers, less bitrate, and id.
+/// With the relay any of them can serve any channel.
+pub fn choose_viewer<'a>(
+    nodes: &'a [NodeInfo],
+    origin: Option<&NodeId>,
+    region: Option<&str>,
+) -> Option<&'a NodeInfo> {
+    let serving = |n: &&NodeInfo| n.has(Role::Sfu) && !n.draining;
+    let any_primary = nodes
+        .iter()
+        .filter(serving)
+        .any(|n| n.tier == Tier::Primary);
+    nodes
+        .iter()
+        .filter(serving)
+        .filter(|n| !any_primary || n.tier == Tier::Primary)
+        .min_by_key(|n| {
+            (
+                region.is_some_and(|r| n.region != r),
+                n.load.viewers / VIEWER_LOAD_BAND,
+                Some(&n.id) != origin,
+                n.load.viewers,
+                n.load.bitrate_out,
+                n.id.clone(),
+            )
         })
 }
 
@@ -86,5 +121,45 @@ mod tests {
         );
         let all_draining = [node("z", &[Role::Sfu], "eu", 0, true)];
         assert!(choose(&all_draining, Role::Sfu, None).is_none());
+    }
+
+    #[test]
+    fn a_viewer_goes_to_a_primary_near_and_light_preferring_the_origin() {
+        let origin = NodeId::new("o").unwrap();
+        let mut nodes = vec![
+            node("a", &[Role::Sfu], "eu", 10, false),
+            node("o", &[Role::Sfu, Role::Ingest], "eu", 60, false),
+            node("s", &[Role::Sfu], "eu", 0, false),
+            node("u", &[Role::Sfu], "us", 0, false),
+        ];
+        nodes[2].tier = Tier::Secondary;
+        let id = |n: Option<&NodeInfo>| n.map(|n| n.id.to_string());
+        // Same band: the origin carries it already.
+        assert_eq!(
+            id(choose_viewer(&nodes, Some(&origin), Some("eu"))),
+            Some("o".into())
+        );
+        // Not live anywhere: the lightest primary; the secondary is never chosen.
+        assert_eq!(
+            id(choose_viewer(&nodes, None, Some("eu"))),
+            Some("a".into())
+        );
+        assert_eq!(
+            id(choose_viewer(&nodes, None, Some("us"))),
+            Some("u".into())
+        );
+        // The origin a band heavier: the lighter node, which pulls over the relay.
+        nodes[1].load.viewers = 150;
+        assert_eq!(
+            id(choose_viewer(&nodes, Some(&origin), Some("eu"))),
+            Some("a".into())
+        );
+        // Draining is never chosen; with no primary left, any SFU node.
+        for n in &mut nodes {
+            if n.tier == Tier::Primary {
+                n.draining = true;
+            }
+        }
+        assert_eq!(id(choose_viewer(&nodes, None, None)), Some("s".into()));
     }
 }
