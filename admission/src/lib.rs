@@ -8,6 +8,8 @@
 mod auth;
 mod claims;
 pub mod limits;
+pub mod listen;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -121,6 +123,27 @@ impl Admission {
     /// [`Admission::authorize`]).
     pub fn authorize_stream_key(&self, stream_key: &str) -> Result<ChannelName, Refusal> {
         let name = self.publishers.authorize_stream_key(stream_key)?;
+        self.not_live(name)
+    }
+
+    /// Authorises a WHIP publisher sent by the front with a publish token instead of its key
+    /// ([`token`]), good at `now` (Unix seconds), like [`Admission::authorize`]. On a node with
+    /// no channels configured any name may publish, token or not.
+    pub fn authorize_token(
+        &self,
+        channel: &str,
+        token: &str,
+        now: u64,
+    ) -> Result<ChannelName, Refusal> {
+        let name = ChannelName::new(channel).map_err(|_| AuthError::BadName)?;
+        if !self.is_open() {
+            let Some(key) = self.publishers.key(&name) else {
+                return Err(AuthError::UnknownChannel.into());
+            };
+            if !token::verify(key, &name, token, now) {
+                return Err(AuthError::WrongKey(name).into());
+            }
+        }
         self.not_live(name)
     }
 

@@ -3,7 +3,6 @@
 
 pub mod es;
 pub mod ftl;
-pub mod listen;
 pub mod mpegts;
 mod publish;
 pub mod rtmp;

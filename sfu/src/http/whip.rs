@@ -2,7 +2,7 @@
 //! <key>`; `201` with the answer and `Location` out.
 
 use admission::{AuthError, Refusal};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::{info, info_span, warn, Instrument};
@@ -17,6 +17,7 @@ pub(super) async fn offer(
     State(sfu): State<Sfu>,
     Path(channel): Path<String>,
     client: Option<axum::Extension<crate::ClientAddr>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: String,
 ) -> Response {
@@ -46,7 +47,21 @@ pub(super) async fn offer(
         Err(response) => return *response,
     };
     let admission = &sfu.inner.admission;
-    let name = match admission.authorize(&channel, token) {
+    // Sent by the front: a publish token in the query stands for the key (a cross-origin
+    // redirect loses `Authorization` in some browsers).
+    let sent_token = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    let authorized = match (token, sent_token) {
+        (None, Some(sent)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            admission.authorize_token(&channel, sent, now)
+        }
+        _ => admission.authorize(&channel, token),
+    };
+    let name = match authorized {
         Ok(name) => name,
         Err(refusal) => return refused(&refusal),
     };
