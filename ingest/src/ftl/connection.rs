@@ -27,19 +27,19 @@ const PING_BYTE: u8 = 250;
 const SENDER_REPORT_BYTE: u8 = 200;
 
 /// Reads `\n`-ended lines (a `\r` before it is dropped), each at most [`MAX_LINE`] bytes.
-struct Lines {
-    read: OwnedReadHalf,
-    buf: Vec<u8>,
+pub(super) struct Lines {
+    pub(super) read: OwnedReadHalf,
+    pub(super) buf: Vec<u8>,
 }
 
 #[derive(Debug)]
-enum LineError {
+pub(super) enum LineError {
     Closed,
     TooLong,
 }
 
 impl Lines {
-    async fn next(&mut self) -> Result<String, LineError> {
+    pub(super) async fn next(&mut self) -> Result<String, LineError> {
         loop {
             if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=at).collect();

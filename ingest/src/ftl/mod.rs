@@ -4,7 +4,10 @@
 
 mod connection;
 mod control;
+mod front;
 mod media;
+
+pub use front::{serve_front, Pick};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -183,7 +186,7 @@ pub async fn serve(listener: TcpListener, config: FtlConfig, ingest: Ingest) {
     let limit = usize::from(config.media_port_count) * 2;
     let per_ip = ingest.limits().per_ip("ftl", config.max_connections_per_ip);
     let config = Arc::new(config);
-    crate::listen::accept_loop(listener, "ftl", limit, per_ip, move |stream, _| {
+    admission::listen::accept_loop(listener, "ftl", limit, per_ip, move |stream, _| {
         let (config, ingest, ports) = (config.clone(), ingest.clone(), ports.clone());
         async move { connection::run(stream, &config, &ingest, &ports).await }
     })

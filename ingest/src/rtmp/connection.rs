@@ -9,7 +9,6 @@ use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
@@ -37,9 +36,15 @@ enum ConnectionError {
     Input(#[from] guard::Refused),
 }
 
+/// What an RTMP connection runs over: TCP, or TLS over TCP (RTMPS).
+pub(super) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
 /// Drives one connection to its end and logs how it ended.
-pub(super) async fn run(mut stream: TcpStream, config: &RtmpConfig, ingest: &Ingest) {
-    let _ = stream.set_nodelay(true);
+pub(super) async fn run<S: Stream>(mut stream: S, config: &RtmpConfig, ingest: &Ingest) {
     let mut conn = Connection {
         publish: None,
         pending: None,
@@ -71,9 +76,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn drive(
+    async fn drive<S: Stream>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         config: &RtmpConfig,
         ingest: &Ingest,
     ) -> Result<(), ConnectionError> {
@@ -110,9 +115,9 @@ impl Connection {
         }
     }
 
-    async fn handle(
+    async fn handle<S: Stream>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         session: &mut ServerSession,
         results: Vec<ServerSessionResult>,
         ingest: &Ingest,
@@ -301,7 +306,7 @@ impl Connection {
     }
 }
 
-async fn handshake(stream: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, ConnectionError> {
+async fn handshake<S: Stream>(stream: &mut S, buf: &mut [u8]) -> Result<Vec<u8>, ConnectionError> {
     let mut handshake = Handshake::new(PeerType::Server);
     loop {
         let n = stream.read(buf).await?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::Ingest;
 
@@ -20,6 +20,8 @@ use crate::Ingest;
 pub struct RtmpConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of RTMPS (RTMP over TLS; certificates as for HTTPS).
+    pub tls_listen: SocketAddr,
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
     /// Connections one client address may hold at once; more are closed (0: no cap).
@@ -34,6 +36,7 @@ impl Default for RtmpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            tls_listen: SocketAddr::from(([0, 0, 0, 0], 1936)),
             max_connections: 256,
             max_connections_per_ip: 4,
             handshake_timeout_secs: 10,
@@ -59,9 +62,38 @@ pub async fn serve(listener: TcpListener, config: RtmpConfig, ingest: Ingest) {
     let per_ip = ingest
         .limits()
         .per_ip("rtmp", config.max_connections_per_ip);
-    crate::listen::accept_loop(listener, "rtmp", limit, per_ip, move |stream, _| {
+    admission::listen::accept_loop(listener, "rtmp", limit, per_ip, move |stream, _| {
+        let _ = stream.set_nodelay(true);
         let (config, ingest) = (config.clone(), ingest.clone());
         async move { connection::run(stream, &config, &ingest).await }
+    })
+    .await;
+}
+
+/// Accepts RTMPS connections on `listener` until the task is dropped: `tls` ends TLS on each
+/// (`None`: the handshake failed or took too long), then it is RTMP as on [`serve`]. RTMP and
+/// RTMPS share `config`'s caps, each on its own listener.
+pub async fn serve_tls<F, Fut, S>(listener: TcpListener, config: RtmpConfig, ingest: Ingest, tls: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<S>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = Arc::new(config);
+    let limit = config.max_connections;
+    let per_ip = ingest
+        .limits()
+        .per_ip("rtmps", config.max_connections_per_ip);
+    admission::listen::accept_loop(listener, "rtmps", limit, per_ip, move |stream, _| {
+        let _ = stream.set_nodelay(true);
+        let (config, ingest) = (config.clone(), ingest.clone());
+        let handshake = tls(stream);
+        async move {
+            match handshake.await {
+                Some(stream) => connection::run(stream, &config, &ingest).await,
+                None => tracing::debug!("rtmps: TLS handshake failed"),
+            }
+        }
     })
     .await;
 }
