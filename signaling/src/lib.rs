@@ -4,10 +4,17 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod api;
+pub mod certs;
+pub mod front;
+pub mod https;
+pub mod listener;
 mod metrics;
 mod pages;
+pub mod passthrough;
+pub mod rate;
 mod routes;
 pub mod sni;
+pub mod tcp_front;
 
 pub use metrics::MetricsSource;
 pub use pages::router;
