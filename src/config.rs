@@ -13,7 +13,11 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// HTTP listener: player, WHEP, API, health.
-    pub http: crate::http::HttpConfig,
+    pub http: signaling::listener::HttpConfig,
+    /// HTTPS listener: the same routes over TLS; on a front, the public name's front door.
+    pub https: signaling::https::HttpsConfig,
+    /// The front: one public name for everyone (needs the signaling role).
+    pub front: signaling::front::FrontConfig,
     /// RTMP ingest.
     pub rtmp: ingest::RtmpConfig,
     /// SRT ingest.
@@ -47,8 +51,10 @@ pub struct Config {
     pub channels: BTreeMap<String, admission::ChannelConfig>,
 }
 
-const SECTIONS: [&str; 16] = [
+const SECTIONS: [&str; 18] = [
     "http",
+    "https",
+    "front",
     "relay",
     "roles",
     "rtmp",

@@ -2,7 +2,7 @@
 
 mod cluster_cli;
 mod config;
-mod http;
+mod fronts;
 mod logging;
 mod node;
 mod registry;

@@ -22,9 +22,15 @@ pub struct ServeArgs {
     /// HTTP listen address (player, WHEP, API, health).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// HTTPS listen address (the same routes over TLS; on a front, the public name's door).
+    #[arg(long, value_name = "ADDR")]
+    https: Option<SocketAddr>,
     /// RTMP listen address.
     #[arg(long, value_name = "ADDR")]
     rtmp: Option<SocketAddr>,
+    /// RTMPS (RTMP over TLS) listen address.
+    #[arg(long, value_name = "ADDR")]
+    rtmps: Option<SocketAddr>,
     /// SRT listen address (UDP).
     #[arg(long, value_name = "ADDR")]
     srt: Option<SocketAddr>,
@@ -49,6 +55,9 @@ pub struct ServeArgs {
     /// Host name clients use to reach this node, shown in the printed URLs.
     #[arg(long, value_name = "NAME")]
     public_host: Option<String>,
+    /// The one public name of the cluster: with the signaling role, this node is its front.
+    #[arg(long, value_name = "NAME")]
+    public_name: Option<String>,
     /// Log lines as readable text (coloured on a terminal only) or JSON objects, one a line.
     #[arg(long, value_enum, default_value_t, env = "STARLING_LOG_FORMAT")]
     log_format: crate::logging::LogFormat,
@@ -58,7 +67,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::logging::init(args.log_format);
     let mut config = Config::load(args.config.as_deref())?;
     config.http.listen = args.http.unwrap_or(config.http.listen);
+    config.https.listen = args.https.unwrap_or(config.https.listen);
     config.rtmp.listen = args.rtmp.unwrap_or(config.rtmp.listen);
+    config.rtmp.tls_listen = args.rtmps.unwrap_or(config.rtmp.tls_listen);
+    config.front.public_name = args.public_name.or(config.front.public_name);
     config.srt.listen = args.srt.unwrap_or(config.srt.listen);
     config.ftl.listen = args.ftl.unwrap_or(config.ftl.listen);
     config.webrtc.listen = args.webrtc.unwrap_or(config.webrtc.listen);
@@ -95,6 +107,9 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
+    // HTTPS on every node; RTMPS where publishers come; the fronts on a front.
+    let is_front = roles.signaling && config.front.public_name.is_some();
+    let mut fronts = crate::fronts::Fronts::bind(&config, roles.ingest, is_front).await?;
     config.srt.validate().map_err(anyhow::Error::msg)?;
     let node_id = crate::node::node_id(config.node_id.as_deref())?;
     let registry = crate::registry::open(
@@ -146,6 +161,8 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
         .public_host
         .clone()
         .unwrap_or_else(|| display_host(http_addr));
+    let (https_addr, rtmps_addr) = fronts.addrs()?;
+    let certs = tls_certificates(&config, &host, &registry)?;
     if banner {
         println!("Starling is running.");
         if let (Some(rtmp), Some(ftl)) = (rtmp_addr, ftl_addr) {
@@ -174,6 +191,29 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
         );
         println!("  Channels:           http://{host}:{}/", http_addr.port());
         println!(
+            "  HTTPS:              https://{host}:{}/ ({})",
+            https_addr.port(),
+            match certs.origin() {
+                signaling::certs::Origin::Files => "certificate from [https] files",
+                signaling::certs::Origin::SelfSigned(_) =>
+                    "self-signed; registry certificates by name come first",
+            }
+        );
+        if let (Some(rtmps), true) = (rtmps_addr, roles.ingest) {
+            println!("  OBS server (RTMPS): rtmps://{host}:{}/live", rtmps.port());
+        }
+        if let Some(name) = config.front.public_name.as_deref().filter(|_| is_front) {
+            println!(
+                "  Front for {name}: https {}, rtmp/rtmps/ftl passed to ingest nodes{}",
+                https_addr.port(),
+                if roles.ingest {
+                    " (this node ingests)"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!(
             "  WebRTC media:       udp {} (candidates {:?})",
             sfu.local_addr(),
             sfu.candidates()
@@ -189,8 +229,15 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
             );
         }
     }
+    let [rtmp_front, ftl_front, redirect_http] = fronts.front_addrs();
     info!(
         http = %http_addr,
+        https = %https_addr,
+        rtmps = ?rtmps_addr,
+        front = is_front,
+        rtmp_front = ?rtmp_front,
+        ftl_front = ?ftl_front,
+        redirect_http = ?redirect_http,
         rtmp = ?rtmp_addr,
         srt = %config.srt.listen,
         webrtc = %sfu.local_addr(),
@@ -215,7 +262,10 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     }
     let ports = cluster::Ports {
         http: http_addr.port(),
+        https: https_addr.port(),
         rtmp: rtmp_addr.map_or(0, |a| a.port()),
+        // A front's RTMPS is a pass-through, not a place to publish.
+        rtmps: rtmps_addr.filter(|_| roles.ingest).map_or(0, |a| a.port()),
         srt: if roles.ingest {
             config.srt.listen.port()
         } else {
@@ -227,7 +277,6 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
             .as_ref()
             .and_then(relay::Relay::local_addr)
             .map_or(0, |a| a.port()),
-        ..cluster::Ports::default()
     };
     let region = config.region.as_deref().unwrap_or("default");
     let mut me = crate::node::info(node_id.clone(), region, &host, ports);
@@ -266,6 +315,8 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
         stopped,
     ));
     let mut metrics: Vec<signaling::MetricsSource> = Vec::new();
+    fronts.prepare(&config, &routing);
+    metrics.push(fronts.metrics());
     if let Some(relay) = &relay {
         let relay = relay.clone();
         metrics.push(Arc::new(move || relay.metrics()));
@@ -273,7 +324,7 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     let app = signaling::node_routes(signaling::NodeRoutes {
         bus,
         sfu: sfu.clone(),
-        routing,
+        routing: routing.clone(),
         registered,
         limits: admission.limits().clone(),
         metrics,
@@ -281,10 +332,20 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     let http_limits = admission
         .limits()
         .per_ip("http", config.http.max_connections_per_ip);
+    let parts = crate::fronts::Parts {
+        certs: certs.clone(),
+        routing,
+        node: app.clone(),
+        admission: admission.clone(),
+        ingest: roles.ingest.then(|| ingest.clone()),
+        me: node_id.clone(),
+        own_name: host.clone(),
+    };
+    fronts.spawn(&config, parts, &mut listeners);
+    tokio::spawn(certs.follow());
     listeners.spawn(async move {
-        crate::http::serve(http, app, &config.http, http_limits)
-            .await
-            .context("HTTP server")
+        signaling::listener::serve(http, app, &config.http, http_limits).await;
+        Ok(())
     });
 
     let ended = tokio::select! {
@@ -312,6 +373,39 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, renew_task).await;
     info!("stopped");
     ended
+}
+
+/// The certificates this node serves: the registry's by name (its own name and the public
+/// name followed from the start), else `[https]` files, else self-signed (said at start).
+fn tls_certificates(
+    config: &Config,
+    host: &str,
+    registry: &Arc<crate::registry::Backend>,
+) -> anyhow::Result<Arc<signaling::certs::Certificates>> {
+    let mut names = vec![host.to_owned()];
+    names.extend(config.front.public_name.clone());
+    let files = match (&config.https.certificate, &config.https.key) {
+        (Some(chain), Some(key)) => Some((chain.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => anyhow::bail!("[https] needs both certificate and key, or neither"),
+    };
+    let certs = signaling::certs::Certificates::new(
+        files,
+        &names,
+        signaling::certs::fetch_from(registry.clone()),
+    )
+    .context("HTTPS certificate")?;
+    if let signaling::certs::Origin::SelfSigned(names) = certs.origin() {
+        warn!(
+            ?names,
+            "HTTPS/RTMPS: self-signed certificate (browsers warn); put one in the registry \
+             (starling cluster put-certificate) or set [https] certificate and key"
+        );
+    }
+    for name in &names {
+        certs.watch(name);
+    }
+    Ok(Arc::new(certs))
 }
 
 /// How long shutdown waits for sessions to end and for the registry.
