@@ -163,10 +163,15 @@ impl Cluster {
 
     /// A node with more configuration after the cluster's (e.g. `[relay]` settings).
     pub fn node_with(&self, id: &str, more: &str) -> Result<Server> {
+        self.node_resolving(id, more, None)
+    }
+
+    /// [`Cluster::node_with`], resolving names with the test's `hosts` file.
+    pub fn node_resolving(&self, id: &str, more: &str, hosts: Option<&Path>) -> Result<Server> {
         let env = self.env(TOKEN);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let config = format!("{}{more}", self.config(id));
-        Server::start_with_env(Some(&config), &env)
+        Server::start_with_hosts(Some(&config), &env, hosts)
     }
 }
 

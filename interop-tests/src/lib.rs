@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 pub mod cluster;
+pub mod ftl;
 mod shim;
 pub use shim::Shim;
 
@@ -73,13 +74,33 @@ fn free_udp() -> u16 {
         .expect("free udp port")
 }
 
+/// `program`, resolving names with `hosts` if given: an `/etc/hosts` of the test's, mounted
+/// over the real one in a mount namespace of the program's own (the machine's is untouched).
+pub fn with_hosts(program: impl AsRef<std::ffi::OsStr>, hosts: Option<&Path>) -> Command {
+    match hosts {
+        Some(hosts) => {
+            let mut cmd = Command::new("unshare");
+            cmd.args(["-m", "--", "sh", "-c"])
+                .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+                .arg(hosts)
+                .arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A running `starling serve` on loopback.
 pub struct Server {
     child: Child,
     /// HTTP address.
     pub http: SocketAddr,
+    /// HTTPS address.
+    pub https: SocketAddr,
     /// RTMP address.
     pub rtmp: SocketAddr,
+    /// RTMPS address.
+    pub rtmps: SocketAddr,
     /// SRT (UDP) address.
     pub srt: SocketAddr,
     /// FTL control (TCP) address.
@@ -96,7 +117,9 @@ pub struct Server {
 /// Where a server listens.
 struct Listeners {
     http: SocketAddr,
+    https: SocketAddr,
     rtmp: SocketAddr,
+    rtmps: SocketAddr,
     srt: SocketAddr,
     ftl: SocketAddr,
     webrtc: SocketAddr,
@@ -189,9 +212,19 @@ impl Server {
     /// Free ports are found by binding and releasing them, so another process may take one
     /// before the server binds it: then it is started again on other ports.
     pub fn start_with_env(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with_hosts(config, env, None)
+    }
+
+    /// [`Server::start_with_env`], resolving names with `hosts` (an `/etc/hosts` file of the
+    /// test's, mounted over the real one in a mount namespace of the server's own).
+    pub fn start_with_hosts(
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        hosts: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let mut attempt = 0;
         loop {
-            match Self::start_once(config, env) {
+            match Self::start_once(config, env, hosts) {
                 Err(err)
                     if attempt < 3 && format!("{err:#}").contains("Address already in use") =>
                 {
@@ -202,19 +235,27 @@ impl Server {
         }
     }
 
-    fn start_once(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
-        let [http, rtmp, ftl] = free_tcp_ports::<3>();
+    fn start_once(
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        hosts: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let [http, https, rtmp, rtmps, ftl] = free_tcp_ports::<5>();
         let http: SocketAddr = format!("127.0.0.1:{http}").parse()?;
+        let https: SocketAddr = format!("127.0.0.1:{https}").parse()?;
         let rtmp: SocketAddr = format!("127.0.0.1:{rtmp}").parse()?;
+        let rtmps: SocketAddr = format!("127.0.0.1:{rtmps}").parse()?;
         let srt: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let ftl: SocketAddr = format!("127.0.0.1:{ftl}").parse()?;
         let webrtc: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
         let relay: SocketAddr = format!("127.0.0.1:{}", free_udp()).parse()?;
-        let mut cmd = Command::new(starling_bin());
+        let mut cmd = with_hosts(starling_bin(), hosts);
         cmd.arg("serve");
         for (flag, addr) in [
             ("--http", http),
+            ("--https", https),
             ("--rtmp", rtmp),
+            ("--rtmps", rtmps),
             ("--srt", srt),
             ("--ftl", ftl),
             ("--webrtc", webrtc),
@@ -224,7 +265,9 @@ impl Server {
         }
         let addrs = Listeners {
             http,
+            https,
             rtmp,
+            rtmps,
             srt,
             ftl,
             webrtc,
@@ -280,7 +323,9 @@ impl Server {
         let at = |port| SocketAddr::new(link.server.into(), port);
         let addrs = Listeners {
             http: at(8080),
+            https: at(8443),
             rtmp: at(1935),
+            rtmps: at(1936),
             srt: at(9000),
             ftl: at(8084),
             webrtc: at(8189),
@@ -357,7 +402,9 @@ impl Server {
         };
         let Listeners {
             http,
+            https,
             rtmp,
+            rtmps,
             srt,
             ftl,
             webrtc,
@@ -366,7 +413,9 @@ impl Server {
         let mut server = Self {
             child,
             http,
+            https,
             rtmp,
+            rtmps,
             srt,
             ftl,
             webrtc,
@@ -666,16 +715,34 @@ pub struct Ffmpeg {
 impl Ffmpeg {
     /// Pushes `testsrc2` + `sine` as H.264 (with `x264_args`) + AAC to `url`, in real time.
     pub fn push_rtmp(url: &str, x264_args: &[&str]) -> Result<Self> {
-        Self::push(url, "flv", x264_args, &["-c:a", "aac", "-b:a", "96k"])
+        Self::push(url, "flv", x264_args, &["-c:a", "aac", "-b:a", "96k"], None)
+    }
+
+    /// [`Ffmpeg::push_rtmp`] resolving names with the test's `hosts` file (see
+    /// [`Server::start_with_hosts`]), e.g. to `rtmps://` a front's public name.
+    pub fn push_rtmp_resolving(url: &str, x264_args: &[&str], hosts: &Path) -> Result<Self> {
+        Self::push(
+            url,
+            "flv",
+            x264_args,
+            &["-c:a", "aac", "-b:a", "96k"],
+            Some(hosts),
+        )
     }
 
     /// Pushes the same test stream as MPEG-TS over SRT to `url`, with audio encoded by
     /// `audio_args` (e.g. `-c:a aac` or `-c:a libopus`).
     pub fn push_srt(url: &str, x264_args: &[&str], audio_args: &[&str]) -> Result<Self> {
-        Self::push(url, "mpegts", x264_args, audio_args)
+        Self::push(url, "mpegts", x264_args, audio_args, None)
     }
 
-    fn push(url: &str, format: &str, x264_args: &[&str], audio_args: &[&str]) -> Result<Self> {
+    fn push(
+        url: &str,
+        format: &str,
+        x264_args: &[&str],
+        audio_args: &[&str],
+        hosts: Option<&Path>,
+    ) -> Result<Self> {
         let mut args: Vec<&str> = vec![
             "-hide_banner",
             "-loglevel",
@@ -700,7 +767,7 @@ impl Ffmpeg {
         args.extend_from_slice(x264_args);
         args.extend_from_slice(audio_args);
         args.extend_from_slice(&["-t", "120", "-f", format, url]);
-        let child = Command::new("ffmpeg")
+        let child = with_hosts("ffmpeg", hosts)
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -766,6 +833,11 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a fresh Chromium.
     pub async fn start() -> Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags (`--host-resolver-rules=...`, say).
+    pub async fn start_with(extra: &[String]) -> Result<Self> {
         let [port] = free_tcp_ports::<1>();
         // Its own process group: dropped with Chromium and every helper process of it, even
         // when a test fails before closing the session.
@@ -778,7 +850,7 @@ impl Browser {
             .context("spawn chromedriver (scripts/test installs chromium-driver)")?;
         let profile =
             std::env::temp_dir().join(format!("starling-chromium-{}-{port}", std::process::id()));
-        let args = [
+        let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
             "--disable-gpu".to_owned(),
@@ -793,6 +865,7 @@ impl Browser {
             "--autoplay-policy=no-user-gesture-required".to_owned(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        args.extend_from_slice(extra);
         let caps = serde_json::json!({
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },

@@ -1,0 +1,443 @@
+//! The front (one public name for everyone), as operators run it: a TLS Redis, a front
+//! (`roles = ["signaling"]`, `[front] public_name = "live.test"`) and two nodes with names of
+//! their own. Every name has a certificate from the test's own CA, stored in the registry with
+//! `starling cluster put-certificate`. Names resolve through the test's hosts file (mounted in
+//! each process's own mount namespace), Chromium's `--host-resolver-rules` and curl's
+//! `--resolve`. Publishers and viewers know only `live.test`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use interop_tests::cluster::{Cluster, ONE_AT_A_TIME};
+use interop_tests::ftl::{ffmpeg_rtp, Control};
+use interop_tests::{Browser, Ffmpeg, Server, FAST_X264};
+use serde_json::Value;
+
+const PUBLIC: &str = "live.test";
+const NODES: [&str; 2] = ["node-a", "node-b"];
+const CHANNELS: &str = "\n[channels.alice]\nkey = \"k-alice\"\n[channels.bob]\nkey = \"k-bob\"\n\
+                        [channels.carol]\nkey = \"k-carol\"\n[ftl.channels]\n\"4321\" = \"carol\"\n";
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The test's CA, and a certificate of it for `name` (with `org` in its subject) at
+/// `dir/{name}.crt` and `.key`.
+fn certificate(dir: &Path, name: &str, org: &str) -> Result<()> {
+    let ca = dir.join("ca.crt");
+    if !ca.exists() {
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=starling-test-ca", "-keyout"])
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(&ca))?;
+    }
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(&ext, format!("subjectAltName=DNS:{name}\n"))?;
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", &format!("/O={org}/CN={name}"), "-keyout"])
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.csr"))))?;
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(dir.join(format!("{name}.csr")))
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(dir.join("ca.key"))
+        .args(["-CAcreateserial", "-extfile"])
+        .arg(&ext)
+        .arg("-out")
+        .arg(dir.join(format!("{name}.crt"))))?;
+    Ok(())
+}
+
+fn put_certificate(cluster: &Cluster, dir: &Path, name: &str) -> Result<()> {
+    let chain = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    cluster.cli(&[
+        "put-certificate",
+        name,
+        chain.to_str().context("path")?,
+        key.to_str().context("path")?,
+    ])?;
+    Ok(())
+}
+
+/// `openssl s_client` to `port` asking for `name` (none: no SNI), verifying with the test's
+/// CA: whether the handshake verified, and what it printed.
+fn s_client(port: u16, name: Option<&str>, ca: &Path) -> Result<(bool, String)> {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-verify_return_error");
+    match name {
+        Some(name) => cmd.args(["-servername", name]),
+        None => cmd.arg("-noservername"),
+    };
+    let out = cmd.stdin(Stdio::null()).output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verified = out.status.success() && text.contains("Verify return code: 0 (ok)");
+    Ok((verified, text))
+}
+
+/// curl to the public name through the front: `status redirect_url`.
+fn curl(front: &Server, ca: &Path, args: &[&str], path: &str) -> Result<String> {
+    let port = front.https.port();
+    run(Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .args(["--max-time", "10", "--resolve"])
+        .arg(format!("{PUBLIC}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca)
+        .args(args)
+        .arg(format!("https://{PUBLIC}:{port}{path}")))
+}
+
+fn json(server: &Server, path: &str) -> Result<Value> {
+    let (status, body) = server.get(path)?;
+    ensure!(status == 200, "{path}: {status}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// The node holding `channel`'s publisher, as the front's routing table says.
+fn origin(front: &Server, channel: &str) -> Result<Option<String>> {
+    let channels = json(front, "/api/cluster/channels")?;
+    Ok(channels.as_array().and_then(|a| {
+        a.iter()
+            .find(|c| c["channel"] == channel)
+            .and_then(|c| c["node"].as_str().map(str::to_owned))
+    }))
+}
+
+/// `host:port` of a node's HTTPS, from the front's `/api/nodes`.
+fn https_of(front: &Server, id: &str) -> Result<String> {
+    let nodes = json(front, "/api/nodes")?;
+    let node = nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["id"] == id))
+        .with_context(|| format!("{id} in /api/nodes"))?;
+    Ok(format!(
+        "{}:{}",
+        node["public_host"].as_str().context("host")?,
+        node["ports"]["https"]
+    ))
+}
+
+struct Set {
+    dir: PathBuf,
+    hosts: PathBuf,
+    cluster: Cluster,
+    front: Server,
+    nodes: Vec<Server>,
+    /// The front's stand-in for port 80.
+    redirect: u16,
+}
+
+fn set_up() -> Result<Set> {
+    let cluster = Cluster::start()?;
+    let dir = cluster.dir.join("front");
+    std::fs::create_dir_all(&dir)?;
+    let hosts = dir.join("hosts");
+    let mut names: Vec<String> = NODES.iter().map(|n| format!("{n}.{PUBLIC}")).collect();
+    names.push(format!("front.{PUBLIC}"));
+    names.push(PUBLIC.to_owned());
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost {}\n::1 localhost\n", names.join(" ")),
+    )?;
+    for name in &names {
+        certificate(&dir, name, "starling-test")?;
+        put_certificate(&cluster, &dir, name)?;
+    }
+    let redirect = interop_tests::free_tcp_ports::<1>()[0];
+    let front = cluster.node_resolving(
+        "front",
+        &format!(
+            "public_host = \"front.{PUBLIC}\"\nroles = [\"signaling\"]\n{CHANNELS}\
+             [front]\npublic_name = \"{PUBLIC}\"\nredirect_http = \"127.0.0.1:{redirect}\"\n"
+        ),
+        Some(&hosts),
+    )?;
+    let nodes = NODES
+        .iter()
+        .map(|id| {
+            cluster.node_resolving(
+                id,
+                &format!(
+                    "public_host = \"{id}.{PUBLIC}\"\nroles = [\"ingest\", \"sfu\", \"relay\"]\n\
+                     {CHANNELS}"
+                ),
+                Some(&hosts),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    front.wait_for(Duration::from_secs(15), || {
+        let nodes = json(&front, "/api/nodes")?;
+        Ok(nodes.as_array().is_some_and(|a| {
+            a.len() == 3 && a.iter().all(|n| n["ports"]["https"].as_u64() != Some(0))
+        }))
+    })?;
+    Ok(Set {
+        dir,
+        hosts,
+        cluster,
+        front,
+        nodes,
+        redirect,
+    })
+}
+
+async fn browser() -> Result<Browser> {
+    Browser::start_with(&[
+        format!("--host-resolver-rules=MAP {PUBLIC} 127.0.0.1, MAP *.{PUBLIC} 127.0.0.1"),
+        "--ignore-certificate-errors".to_owned(),
+    ])
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let set = set_up()?;
+    let Set {
+        dir,
+        hosts,
+        cluster,
+        front,
+        nodes,
+        redirect,
+    } = &set;
+    let ca = dir.join("ca.crt");
+    let public = front.https.port();
+
+    // TLS: a node's own name passes through the front untouched, to the node's certificate;
+    // the public name is the front's own; any other name, or none, is refused.
+    let mut seen = String::new();
+    front
+        .wait_for(Duration::from_secs(10), || {
+            let (ok, text) = s_client(public, Some("node-b.live.test"), &ca)?;
+            seen = text;
+            Ok(
+                ok && seen.contains("CN=node-b.live.test")
+                    || seen.contains("CN = node-b.live.test"),
+            )
+        })
+        .with_context(|| format!("node-b through the front: {seen}"))?;
+    let (ok, text) = s_client(public, Some(PUBLIC), &ca)?;
+    ensure!(ok && text.contains("live.test"), "the public name: {text}");
+    for name in [Some("elsewhere.example"), None] {
+        let (ok, text) = s_client(public, name, &ca)?;
+        ensure!(
+            !ok && !text.contains("BEGIN CERTIFICATE"),
+            "{name:?} refused: {text}"
+        );
+    }
+    ensure!(front.metric("starling_https_connections_total{outcome=\"passed_through\"}")? >= 1.0);
+    ensure!(front.metric("starling_https_connections_total{outcome=\"refused_name\"}")? >= 2.0);
+    // Not TLS at all: closed, and nothing else disturbed.
+    let mut junk = TcpStream::connect(front.https)?;
+    junk.set_read_timeout(Some(Duration::from_secs(10)))?;
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: live.test\r\n\r\n")?;
+    ensure!(junk.read(&mut [0; 64]).unwrap_or(0) == 0, "junk is closed");
+
+    // HTTP at the public name: CORS preflights answered by the front; a wrong key refused
+    // there; the right key redirected to a node with a publish token; port 80 to HTTPS.
+    let options = curl(front, &ca, &["-X", "OPTIONS"], "/whip/alice")?;
+    ensure!(options.starts_with("204"), "{options}");
+    let sdp = ["-H", "Content-Type: application/sdp", "--data", "v=0"];
+    let wrong = curl(
+        front,
+        &ca,
+        &[&sdp[..], &["-H", "Authorization: Bearer nope"]].concat(),
+        "/whip/alice",
+    )?;
+    ensure!(wrong.starts_with("401"), "{wrong}");
+    let right = curl(
+        front,
+        &ca,
+        &[&sdp[..], &["-H", "Authorization: Bearer k-alice"]].concat(),
+        "/whip/alice",
+    )?;
+    ensure!(
+        right.starts_with("307 https://node-") && right.contains("/whip/alice?token="),
+        "{right}"
+    );
+    ensure!(
+        !right.contains("k-alice"),
+        "the key never travels in the redirect"
+    );
+    let moved = run(Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .arg(format!("http://127.0.0.1:{redirect}/watch/alice")))?;
+    ensure!(
+        moved == format!("308 https://{PUBLIC}:{public}/watch/alice"),
+        "{moved}"
+    );
+
+    // Chromium publishes over WHIP from a page the front serves, to the public name, with its
+    // key; it ends on the ingest node placement chose.
+    let publisher = browser().await?;
+    publisher
+        .client
+        .goto(&format!(
+            "https://{PUBLIC}:{public}/publish/alice?autostart=1&simulcast=0&codec=h264&key=k-alice"
+        ))
+        .await?;
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = publisher
+            .eval("return JSON.parse(JSON.stringify(window.starlingPublish || {}));")
+            .await?;
+        if state["state"] == "live" || state["state"] == "error" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(state["state"] == "live", "publisher: {state}");
+    let mut alice_origin = None;
+    front.wait_for(Duration::from_secs(10), || {
+        alice_origin = origin(front, "alice")?;
+        Ok(alice_origin.is_some())
+    })?;
+    let alice_origin = alice_origin.context("alice's origin")?;
+    let at = https_of(front, &alice_origin)?;
+    let resource = state["resource"].as_str().unwrap_or_default();
+    ensure!(
+        resource.starts_with(&format!("https://{at}/whip/alice/")),
+        "the publisher's session is on {alice_origin} ({at}): {resource}"
+    );
+
+    // Another Chromium watches through the public name: the front sends it to a primary; with
+    // equal load, the one that carries the channel already.
+    let viewer = browser().await?;
+    viewer
+        .client
+        .goto(&format!("https://{PUBLIC}:{public}/watch/alice"))
+        .await?;
+    viewer.wait_playing(Duration::from_secs(30)).await?;
+    let page = viewer.eval("return location.host;").await?;
+    ensure!(page == at.as_str(), "viewer on {page}, expected {at}");
+    eprintln!("alice: published on {alice_origin} ({resource}), watched on {page}");
+    publisher.close().await?;
+
+    // RTMPS to the public name: passed through to an ingest node, whose TLS serves the public
+    // name's certificate; a viewer on the other node decodes it over the relay.
+    let _rtmps = Ffmpeg::push_rtmp_resolving(
+        &format!("rtmps://{PUBLIC}:{}/live/bob?key=k-bob", front.rtmps.port()),
+        FAST_X264,
+        hosts,
+    )?;
+    let mut bob_origin = None;
+    front.wait_for(Duration::from_secs(20), || {
+        bob_origin = origin(front, "bob")?;
+        Ok(bob_origin.is_some())
+    })?;
+    let bob_origin = bob_origin.context("bob's origin")?;
+    let other = NODES
+        .iter()
+        .find(|n| **n != bob_origin)
+        .context("another node")?;
+    viewer
+        .client
+        .goto(&format!("https://{}/watch/bob", https_of(front, other)?))
+        .await?;
+    let playing = viewer.wait_playing(Duration::from_secs(30)).await?;
+    eprintln!(
+        "bob: RTMPS through the front to {bob_origin}, watched on {other}: {} frames decoded",
+        playing["video"]["framesDecoded"]
+    );
+
+    // FTL through the front: a wrong key is refused there; the right one streams to the
+    // channel's node, media relayed by the front, and a viewer decodes it.
+    let mut wrong = Control::connect(front.ftl)?;
+    let (reply, port) = wrong.handshake(4321, "nope")?;
+    ensure!(reply == "405\n" && port.is_none(), "{reply:?}");
+    let mut control = Control::connect(front.ftl)?;
+    let (reply, port) = control.handshake(4321, "k-carol")?;
+    let port = port.with_context(|| format!("no media port in {reply:?}"))?;
+    let _ftl = Killed(ffmpeg_rtp(&format!("127.0.0.1:{port}"), 4321)?);
+    front.wait_for(Duration::from_secs(20), || {
+        Ok(origin(front, "carol")?.is_some())
+    })?;
+    viewer
+        .client
+        .goto(&format!("https://{PUBLIC}:{public}/watch/carol"))
+        .await?;
+    viewer.wait_playing(Duration::from_secs(30)).await?;
+    eprintln!(
+        "carol: FTL through the front to {:?}, watched on {}",
+        origin(front, "carol")?,
+        viewer.eval("return location.host;").await?
+    );
+    control.send("PING 4321")?;
+    ensure!(control.reply()? == "201\n", "PING through the front");
+    viewer.close().await?;
+
+    // A certificate put in the registry is served without a restart.
+    certificate(dir, "node-a.live.test", "rotated")?;
+    put_certificate(cluster, dir, "node-a.live.test")?;
+    let mut seen = String::new();
+    front
+        .wait_for(Duration::from_secs(10), || {
+            let (ok, text) = s_client(nodes[0].https.port(), Some("node-a.live.test"), &ca)?;
+            seen = text;
+            Ok(ok && seen.contains("rotated"))
+        })
+        .with_context(|| format!("the new certificate: {seen}"))?;
+
+    for server in [front, &nodes[0], &nodes[1]] {
+        let log = server.log();
+        for secret in ["k-alice", "k-bob", "k-carol", "token="] {
+            ensure!(!log.contains(secret), "{secret} in a log");
+        }
+    }
+    Ok(())
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
