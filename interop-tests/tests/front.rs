@@ -441,3 +441,28 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// A single node on its defaults, as a user runs it (every listener on `0.0.0.0`, in a
+/// namespace of its own reached over a veth pair): HTTPS on 8443 and RTMPS on 1936, with a
+/// self-signed certificate it says it made.
+#[test]
+fn a_node_on_its_defaults_serves_https_and_rtmps() -> Result<()> {
+    let server = Server::start_isolated(None, &[])?;
+    ensure!(server.https.port() == 8443 && server.rtmps.port() == 1936);
+    let health = run(Command::new("curl")
+        .args(["-sk", "--max-time", "10"])
+        .arg(format!("https://{}/healthz", server.https)))?;
+    ensure!(health.starts_with("ok"), "{health}");
+    let _push = Ffmpeg::push_rtmp(
+        &format!("rtmps://{}/live/plain", server.rtmps),
+        FAST_X264,
+    )?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(server.channel("plain")?.is_some())
+    })?;
+    ensure!(
+        server.log().contains("self-signed certificate"),
+        "it says the certificate is self-signed"
+    );
+    Ok(())
+}
