@@ -20,7 +20,7 @@ use serde_json::Value;
 const PUBLIC: &str = "live.test";
 const NODES: [&str; 2] = ["node-a", "node-b"];
 const CHANNELS: &str = "\n[channels.alice]\nkey = \"k-alice\"\n[channels.bob]\nkey = \"k-bob\"\n\
-                        [channels.carol]\nkey = \"k-carol\"\n[ftl.channels]\n\"4321\" = \"carol\"\n";
+                        [channels.carol]\nkey = \"k-carol\"\n[channels.dave]\nkey = \"k-dave\"\n[ftl.channels]\n\"4321\" = \"carol\"\n";
 
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
@@ -187,7 +187,8 @@ fn set_up() -> Result<Set> {
         "front",
         &format!(
             "public_host = \"front.{PUBLIC}\"\nroles = [\"signaling\"]\n{CHANNELS}\
-             [front]\npublic_name = \"{PUBLIC}\"\nredirect_http = \"127.0.0.1:{redirect}\"\n"
+             [front]\npublic_name = \"{PUBLIC}\"\nredirect_http = \"127.0.0.1:{redirect}\"\n\
+             posts_burst = 8\nposts_per_minute = 600\n"
         ),
         Some(&hosts),
     )?;
@@ -299,6 +300,17 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
         !right.contains("k-alice"),
         "the key never travels in the redirect"
     );
+    // A client posting too fast is told to slow down (8 at once, then 10 a second here).
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(curl(front, &ca, &sdp, "/whep/alice")?);
+    }
+    ensure!(
+        statuses.iter().any(|s| s.starts_with("429")),
+        "{statuses:?}"
+    );
+    ensure!(front.metric("starling_front_posts_limited_total")? >= 1.0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let moved = run(Command::new("curl")
         .args([
             "-s",
@@ -386,6 +398,21 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
         playing["video"]["framesDecoded"]
     );
 
+    // Plain RTMP to the public name: passed to an ingest node likewise.
+    let _rtmp = Ffmpeg::push_rtmp_resolving(
+        &format!("rtmp://{PUBLIC}:{}/live/dave?key=k-dave", front.rtmp.port()),
+        FAST_X264,
+        hosts,
+    )?;
+    front.wait_for(Duration::from_secs(20), || {
+        Ok(origin(front, "dave")?.is_some())
+    })?;
+    ensure!(
+        front
+            .metric("starling_front_tcp_connections_total{protocol=\"rtmp\",outcome=\"passed\"}")?
+            >= 1.0
+    );
+
     // FTL through the front: a wrong key is refused there; the right one streams to the
     // channel's node, media relayed by the front, and a viewer decodes it.
     let mut wrong = Control::connect(front.ftl)?;
@@ -426,7 +453,7 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
 
     for server in [front, &nodes[0], &nodes[1]] {
         let log = server.log();
-        for secret in ["k-alice", "k-bob", "k-carol", "token="] {
+        for secret in ["k-alice", "k-bob", "k-carol", "k-dave", "token="] {
             ensure!(!log.contains(secret), "{secret} in a log");
         }
     }
@@ -453,10 +480,7 @@ fn a_node_on_its_defaults_serves_https_and_rtmps() -> Result<()> {
         .args(["-sk", "--max-time", "10"])
         .arg(format!("https://{}/healthz", server.https)))?;
     ensure!(health.starts_with("ok"), "{health}");
-    let _push = Ffmpeg::push_rtmp(
-        &format!("rtmps://{}/live/plain", server.rtmps),
-        FAST_X264,
-    )?;
+    let _push = Ffmpeg::push_rtmp(&format!("rtmps://{}/live/plain", server.rtmps), FAST_X264)?;
     server.wait_for(Duration::from_secs(20), || {
         Ok(server.channel("plain")?.is_some())
     })?;
