@@ -21,8 +21,12 @@ impl Drop for Killed {
 }
 
 pub fn wait_listening(port: u16) -> Result<()> {
+    wait_listening_at("127.0.0.1", port)
+}
+
+pub fn wait_listening_at(host: &str, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         if Instant::now() > deadline {
             bail!("nothing listens on {port}");
         }
@@ -47,6 +51,8 @@ pub fn redis_server(dir: &Path) -> Result<Killed> {
 /// both set up by deploy/redis-tls-certs.
 pub struct Cluster {
     pub dir: PathBuf,
+    /// The address Redis and the bundle server are reached at.
+    pub host: String,
     pub redis_port: u16,
     pub bundle_port: u16,
     redis: Option<Killed>,
@@ -61,13 +67,19 @@ pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new
 
 impl Cluster {
     pub fn start() -> Result<Self> {
+        Self::start_at("127.0.0.1")
+    }
+
+    /// Redis and the bundle server reached at `host` (an address of the test's namespace that
+    /// servers in namespaces of their own reach, see `route_between_namespaces`).
+    pub fn start_at(host: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("starling-cluster-it-{}", std::process::id()));
         // Two different ports (with the same one twice, the bundle fetch reached Redis).
         let [redis_port, bundle_port] = crate::free_tcp_ports::<2>();
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let ok = Command::new(root.join("../deploy/redis-tls-certs"))
             .arg(&dir)
-            .args(["--host", "127.0.0.1", "--port", &redis_port.to_string()])
+            .args(["--host", host, "--port", &redis_port.to_string()])
             .output()?
             .status
             .success();
@@ -84,10 +96,11 @@ impl Cluster {
                     dir.join("bundle.zip"),
                 ])
                 .env("BUNDLE_TOKEN", TOKEN)
+                .env("BUNDLE_HOST", host)
                 .spawn()?,
         );
         wait_listening(redis_port)?;
-        wait_listening(bundle_port)?;
+        wait_listening_at(host, bundle_port)?;
         // Listening on its port, and not something else there after it failed to bind.
         ensure!(
             bundle.0.try_wait()?.is_none(),
@@ -95,6 +108,7 @@ impl Cluster {
         );
         Ok(Self {
             dir,
+            host: host.to_owned(),
             redis_port,
             bundle_port,
             redis: Some(redis),
@@ -104,8 +118,8 @@ impl Cluster {
 
     pub fn config(&self, node: &str) -> String {
         format!(
-            "node_id = \"{node}\"\nredis_url = \"rediss://127.0.0.1:{}\"\n",
-            self.redis_port
+            "node_id = \"{node}\"\nredis_url = \"rediss://{}:{}\"\n",
+            self.host, self.redis_port
         )
     }
 
@@ -114,8 +128,8 @@ impl Cluster {
             (
                 "STARLING_REDIS_TLS_BUNDLE_URL".into(),
                 format!(
-                    "https://127.0.0.1:{}/bundle.zip?access_token={token}",
-                    self.bundle_port
+                    "https://{}:{}/bundle.zip?access_token={token}",
+                    self.host, self.bundle_port
                 ),
             ),
             // The bundle server's certificate comes from a private CA: trusted this way.
@@ -164,6 +178,15 @@ impl Cluster {
     /// A node with more configuration after the cluster's (e.g. `[relay]` settings).
     pub fn node_with(&self, id: &str, more: &str) -> Result<Server> {
         self.node_resolving(id, more, None)
+    }
+
+    /// A node in a network namespace of its own on its default ports (see
+    /// `Server::start_isolated_resolving`), resolving names with `hosts`.
+    pub fn node_isolated(&self, id: &str, more: &str, hosts: &Path) -> Result<Server> {
+        let env = self.env(TOKEN);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let config = format!("{}{more}", self.config(id));
+        Server::start_isolated_resolving(Some(&config), &env, hosts)
     }
 
     /// [`Cluster::node_with`], resolving names with the test's `hosts` file.

@@ -74,6 +74,34 @@ fn free_udp() -> u16 {
         .expect("free udp port")
 }
 
+/// Lets servers in namespaces of their own reach each other and the test's services: packets
+/// between veth pairs are forwarded by the test's namespace, which also gets `extra` (e.g.
+/// `10.202.0.1`) on its loopback for services every namespace reaches (a Redis). Only in a
+/// namespace of the test's own (scripts/test makes one): never on the machine's.
+pub fn route_between_namespaces(extra: std::net::Ipv4Addr) -> Result<()> {
+    // The test's own namespace has loopback and the veth pairs of tests only.
+    let links = Command::new("ip").args(["-o", "link", "show"]).output()?;
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        let name = line.split(':').nth(1).unwrap_or_default().trim();
+        let name = name.split('@').next().unwrap_or_default();
+        ensure!(
+            name == "lo" || name.starts_with("st"),
+            "run this test in a network namespace of its own (scripts/test does, or \
+             unshare -n); this one has {name}"
+        );
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    let out = Command::new("ip")
+        .args(["addr", "add", &format!("{extra}/32"), "dev", "lo"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() || err.contains("exists"),
+        "ip addr add {extra}: {err}"
+    );
+    Ok(())
+}
+
 /// `program`, resolving names with `hosts` if given: an `/etc/hosts` of the test's, mounted
 /// over the real one in a mount namespace of the program's own (the machine's is untouched).
 pub fn with_hosts(program: impl AsRef<std::ffi::OsStr>, hosts: Option<&Path>) -> Command {
@@ -290,14 +318,25 @@ impl Server {
         config: Option<&str>,
         env: &[(&str, &str)],
     ) -> Result<Self> {
-        Self::start_isolated_with(bin, &["serve"], config, env)
+        Self::start_isolated_with(bin, &["serve"], config, env, None)
+    }
+
+    /// [`Server::start_isolated`], resolving names with the test's `hosts` file (mounted over
+    /// `/etc/hosts` in a mount namespace of the server's own). Its namespace routes through
+    /// the test's (see [`route_between_namespaces`]), so servers reach each other.
+    pub fn start_isolated_resolving(
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        hosts: &Path,
+    ) -> Result<Self> {
+        Self::start_isolated_with(&starling_bin(), &["serve"], config, env, Some(hosts))
     }
 
     /// The newcomer's way: `scripts/serve` (build prerequisites, then `cargo run --release --
     /// serve`), in a namespace of its own as [`Server::start_isolated`].
     pub fn start_isolated_script(config: Option<&str>, env: &[(&str, &str)]) -> Result<Self> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/serve");
-        Self::start_isolated_with(&script, &[], config, env)
+        Self::start_isolated_with(&script, &[], config, env, None)
     }
 
     /// `program args... [--config FILE]` in a namespace of its own (see
@@ -307,18 +346,29 @@ impl Server {
         args: &[&str],
         config: Option<&str>,
         env: &[(&str, &str)],
+        hosts: Option<&Path>,
     ) -> Result<Self> {
         let link = Veth::next();
         let mut cmd = Command::new("unshare");
         // The namespace is made by `unshare`; the script waits for its end of the veth pair
-        // (moved in from outside), gives it its address, and becomes the server.
-        cmd.args(["-n", "--", "bash", "-c"]).arg(format!(
+        // (moved in from outside), gives it its address and a default route through the
+        // test's namespace, and becomes the server.
+        let mount = match hosts {
+            Some(_) => "mount --bind \"$HOSTS_FILE\" /etc/hosts; ",
+            None => "",
+        };
+        cmd.args(["-n", "-m", "--", "bash", "-c"]).arg(format!(
             "set -e; ip link set lo up; \
              for _ in $(seq 200); do ip link show {peer} >/dev/null 2>&1 && break; sleep 0.05; done; \
-             ip addr add {ip}/29 dev {peer}; ip link set {peer} up; exec \"$@\"",
+             ip addr add {ip}/29 dev {peer}; ip link set {peer} up; \
+             ip route add default via {ours}; {mount}exec \"$@\"",
             peer = link.peer,
-            ip = link.server
+            ip = link.server,
+            ours = link.ours,
         ));
+        if let Some(hosts) = hosts {
+            cmd.env("HOSTS_FILE", hosts);
+        }
         cmd.arg("_").arg(bin).args(args);
         let at = |port| SocketAddr::new(link.server.into(), port);
         let addrs = Listeners {

@@ -1,12 +1,15 @@
 //! The front (one public name for everyone), as operators run it: a TLS Redis, a front
-//! (`roles = ["signaling"]`, `[front] public_name = "live.test"`) and two nodes with names of
-//! their own. Every name has a certificate from the test's own CA, stored in the registry with
-//! `starling cluster put-certificate`. Names resolve through the test's hosts file (mounted in
+//! (`roles = ["signaling"]`, `[front] public_name = "live.test"`, HTTPS on 443) and two nodes
+//! with names of their own, each `starling serve` on its default addresses in a network
+//! namespace of its own, joined to the test's by a veth pair; the test's namespace routes
+//! between them and holds Redis (at 10.202.0.1), Chromium, ffmpeg, curl and openssl. Every name
+//! has a certificate from the test's own CA, stored in the registry with `starling cluster
+//! put-certificate`. Names resolve through the test's hosts file (mounted over `/etc/hosts` in
 //! each process's own mount namespace), Chromium's `--host-resolver-rules` and curl's
 //! `--resolve`. Publishers and viewers know only `live.test`.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,6 +21,8 @@ use interop_tests::{Browser, Ffmpeg, Server, FAST_X264};
 use serde_json::Value;
 
 const PUBLIC: &str = "live.test";
+/// Where Redis is, on the test namespace's loopback (every server's namespace routes there).
+const SERVICES: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 202, 0, 1);
 const NODES: [&str; 2] = ["node-a", "node-b"];
 const CHANNELS: &str = "\n[channels.alice]\nkey = \"k-alice\"\n[channels.bob]\nkey = \"k-bob\"\n\
                         [channels.carol]\nkey = \"k-carol\"\n[channels.dave]\nkey = \"k-dave\"\n[ftl.channels]\n\"4321\" = \"carol\"\n";
@@ -87,9 +92,9 @@ fn put_certificate(cluster: &Cluster, dir: &Path, name: &str) -> Result<()> {
 
 /// `openssl s_client` to `port` asking for `name` (none: no SNI), verifying with the test's
 /// CA: whether the handshake verified, and what it printed.
-fn s_client(port: u16, name: Option<&str>, ca: &Path) -> Result<(bool, String)> {
+fn s_client(to: SocketAddr, name: Option<&str>, ca: &Path) -> Result<(bool, String)> {
     let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+    cmd.args(["s_client", "-connect", &to.to_string()])
         .arg("-CAfile")
         .arg(ca)
         .arg("-verify_return_error");
@@ -109,7 +114,6 @@ fn s_client(port: u16, name: Option<&str>, ca: &Path) -> Result<(bool, String)> 
 
 /// curl to the public name through the front: `status redirect_url`.
 fn curl(front: &Server, ca: &Path, args: &[&str], path: &str) -> Result<String> {
-    let port = front.https.port();
     run(Command::new("curl")
         .args([
             "-s",
@@ -119,11 +123,16 @@ fn curl(front: &Server, ca: &Path, args: &[&str], path: &str) -> Result<String> 
             "%{http_code} %{redirect_url}",
         ])
         .args(["--max-time", "10", "--resolve"])
-        .arg(format!("{PUBLIC}:{port}:127.0.0.1"))
+        .arg(format!("{PUBLIC}:443:{}", front.http.ip()))
         .arg("--cacert")
         .arg(ca)
         .args(args)
-        .arg(format!("https://{PUBLIC}:{port}{path}")))
+        .arg(format!("https://{PUBLIC}{path}")))
+}
+
+/// The front's HTTPS: 443, as a front runs.
+fn door(front: &Server) -> SocketAddr {
+    SocketAddr::new(front.http.ip(), 443)
 }
 
 fn json(server: &Server, path: &str) -> Result<Value> {
@@ -162,68 +171,88 @@ struct Set {
     cluster: Cluster,
     front: Server,
     nodes: Vec<Server>,
-    /// The front's stand-in for port 80.
-    redirect: u16,
+    /// Chromium's `--host-resolver-rules` for every name.
+    rules: String,
+}
+
+/// The hosts file every process reads: each name at its server's address.
+fn write_hosts(path: &Path, names: &[(String, IpAddr)]) -> Result<()> {
+    let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for (name, ip) in names {
+        text.push_str(&format!("{ip} {name}\n"));
+    }
+    // Written in place: the servers see the file they mounted, not a new one.
+    std::fs::write(path, text)?;
+    Ok(())
 }
 
 fn set_up() -> Result<Set> {
-    let cluster = Cluster::start()?;
+    interop_tests::route_between_namespaces(SERVICES)?;
+    let cluster = Cluster::start_at(&SERVICES.to_string())?;
     let dir = cluster.dir.join("front");
     std::fs::create_dir_all(&dir)?;
     let hosts = dir.join("hosts");
+    write_hosts(&hosts, &[])?;
     let mut names: Vec<String> = NODES.iter().map(|n| format!("{n}.{PUBLIC}")).collect();
     names.push(format!("front.{PUBLIC}"));
     names.push(PUBLIC.to_owned());
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1 localhost {}\n::1 localhost\n", names.join(" ")),
-    )?;
     for name in &names {
         certificate(&dir, name, "starling-test")?;
         put_certificate(&cluster, &dir, name)?;
     }
-    let redirect = interop_tests::free_tcp_ports::<1>()[0];
-    let front = cluster.node_resolving(
+    let front = cluster.node_isolated(
         "front",
         &format!(
             "public_host = \"front.{PUBLIC}\"\nroles = [\"signaling\"]\n{CHANNELS}\
-             [front]\npublic_name = \"{PUBLIC}\"\nredirect_http = \"127.0.0.1:{redirect}\"\n\
+             [https]\nlisten = \"0.0.0.0:443\"\n\
+             [front]\npublic_name = \"{PUBLIC}\"\nredirect_http = \"0.0.0.0:80\"\n\
              posts_burst = 8\nposts_per_minute = 600\n"
         ),
-        Some(&hosts),
+        &hosts,
     )?;
-    let nodes = NODES
-        .iter()
-        .map(|id| {
-            cluster.node_resolving(
-                id,
-                &format!(
-                    "public_host = \"{id}.{PUBLIC}\"\nroles = [\"ingest\", \"sfu\", \"relay\"]\n\
-                     {CHANNELS}"
-                ),
-                Some(&hosts),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut at = vec![
+        (format!("front.{PUBLIC}"), front.http.ip()),
+        (PUBLIC.to_owned(), front.http.ip()),
+    ];
+    write_hosts(&hosts, &at)?;
+    let mut nodes = Vec::new();
+    for id in NODES {
+        let node = cluster.node_isolated(
+            id,
+            &format!(
+                "public_host = \"{id}.{PUBLIC}\"\nroles = [\"ingest\", \"sfu\", \"relay\"]\n\
+                 {CHANNELS}"
+            ),
+            &hosts,
+        )?;
+        at.push((format!("{id}.{PUBLIC}"), node.http.ip()));
+        write_hosts(&hosts, &at)?;
+        nodes.push(node);
+    }
     front.wait_for(Duration::from_secs(15), || {
         let nodes = json(&front, "/api/nodes")?;
         Ok(nodes.as_array().is_some_and(|a| {
             a.len() == 3 && a.iter().all(|n| n["ports"]["https"].as_u64() != Some(0))
         }))
     })?;
+    let rules = at
+        .iter()
+        .map(|(name, ip)| format!("MAP {name} {ip}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(Set {
         dir,
         hosts,
         cluster,
         front,
         nodes,
-        redirect,
+        rules,
     })
 }
 
-async fn browser() -> Result<Browser> {
+async fn browser(rules: &str) -> Result<Browser> {
     Browser::start_with(&[
-        format!("--host-resolver-rules=MAP {PUBLIC} 127.0.0.1, MAP *.{PUBLIC} 127.0.0.1"),
+        format!("--host-resolver-rules={rules}"),
         "--ignore-certificate-errors".to_owned(),
     ])
     .await
@@ -239,17 +268,16 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
         cluster,
         front,
         nodes,
-        redirect,
+        rules,
     } = &set;
     let ca = dir.join("ca.crt");
-    let public = front.https.port();
 
     // TLS: a node's own name passes through the front untouched, to the node's certificate;
     // the public name is the front's own; any other name, or none, is refused.
     let mut seen = String::new();
     front
         .wait_for(Duration::from_secs(10), || {
-            let (ok, text) = s_client(public, Some("node-b.live.test"), &ca)?;
+            let (ok, text) = s_client(door(front), Some("node-b.live.test"), &ca)?;
             seen = text;
             Ok(
                 ok && seen.contains("CN=node-b.live.test")
@@ -257,10 +285,10 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
             )
         })
         .with_context(|| format!("node-b through the front: {seen}"))?;
-    let (ok, text) = s_client(public, Some(PUBLIC), &ca)?;
+    let (ok, text) = s_client(door(front), Some(PUBLIC), &ca)?;
     ensure!(ok && text.contains("live.test"), "the public name: {text}");
     for name in [Some("elsewhere.example"), None] {
-        let (ok, text) = s_client(public, name, &ca)?;
+        let (ok, text) = s_client(door(front), name, &ca)?;
         ensure!(
             !ok && !text.contains("BEGIN CERTIFICATE"),
             "{name:?} refused: {text}"
@@ -269,7 +297,7 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
     ensure!(front.metric("starling_https_connections_total{outcome=\"passed_through\"}")? >= 1.0);
     ensure!(front.metric("starling_https_connections_total{outcome=\"refused_name\"}")? >= 2.0);
     // Not TLS at all: closed, and nothing else disturbed.
-    let mut junk = TcpStream::connect(front.https)?;
+    let mut junk = TcpStream::connect(door(front))?;
     junk.set_read_timeout(Some(Duration::from_secs(10)))?;
     junk.write_all(b"GET / HTTP/1.1\r\nHost: live.test\r\n\r\n")?;
     ensure!(junk.read(&mut [0; 64]).unwrap_or(0) == 0, "junk is closed");
@@ -319,19 +347,19 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
             "-w",
             "%{http_code} %{redirect_url}",
         ])
-        .arg(format!("http://127.0.0.1:{redirect}/watch/alice")))?;
+        .arg(format!("http://{}:80/watch/alice", front.http.ip())))?;
     ensure!(
-        moved == format!("308 https://{PUBLIC}:{public}/watch/alice"),
+        moved == format!("308 https://{PUBLIC}/watch/alice"),
         "{moved}"
     );
 
     // Chromium publishes over WHIP from a page the front serves, to the public name, with its
     // key; it ends on the ingest node placement chose.
-    let publisher = browser().await?;
+    let publisher = browser(rules).await?;
     publisher
         .client
         .goto(&format!(
-            "https://{PUBLIC}:{public}/publish/alice?autostart=1&simulcast=0&codec=h264&key=k-alice"
+            "https://{PUBLIC}/publish/alice?autostart=1&simulcast=0&codec=h264&key=k-alice"
         ))
         .await?;
     let mut state = Value::Null;
@@ -360,10 +388,10 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
 
     // Another Chromium watches through the public name: the front sends it to a primary; with
     // equal load, the one that carries the channel already.
-    let viewer = browser().await?;
+    let viewer = browser(rules).await?;
     viewer
         .client
-        .goto(&format!("https://{PUBLIC}:{public}/watch/alice"))
+        .goto(&format!("https://{PUBLIC}/watch/alice"))
         .await?;
     viewer.wait_playing(Duration::from_secs(30)).await?;
     let page = viewer.eval("return location.host;").await?;
@@ -374,7 +402,7 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
     // RTMPS to the public name: passed through to an ingest node, whose TLS serves the public
     // name's certificate; a viewer on the other node decodes it over the relay.
     let _rtmps = Ffmpeg::push_rtmp_resolving(
-        &format!("rtmps://{PUBLIC}:{}/live/bob?key=k-bob", front.rtmps.port()),
+        &format!("rtmps://{PUBLIC}:1936/live/bob?key=k-bob"),
         FAST_X264,
         hosts,
     )?;
@@ -400,7 +428,7 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
 
     // Plain RTMP to the public name: passed to an ingest node likewise.
     let _rtmp = Ffmpeg::push_rtmp_resolving(
-        &format!("rtmp://{PUBLIC}:{}/live/dave?key=k-dave", front.rtmp.port()),
+        &format!("rtmp://{PUBLIC}/live/dave?key=k-dave"),
         FAST_X264,
         hosts,
     )?;
@@ -421,13 +449,13 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
     let mut control = Control::connect(front.ftl)?;
     let (reply, port) = control.handshake(4321, "k-carol")?;
     let port = port.with_context(|| format!("no media port in {reply:?}"))?;
-    let _ftl = Killed(ffmpeg_rtp(&format!("127.0.0.1:{port}"), 4321)?);
+    let _ftl = Killed(ffmpeg_rtp(&format!("{}:{port}", front.http.ip()), 4321)?);
     front.wait_for(Duration::from_secs(20), || {
         Ok(origin(front, "carol")?.is_some())
     })?;
     viewer
         .client
-        .goto(&format!("https://{PUBLIC}:{public}/watch/carol"))
+        .goto(&format!("https://{PUBLIC}/watch/carol"))
         .await?;
     viewer.wait_playing(Duration::from_secs(30)).await?;
     eprintln!(
@@ -445,7 +473,7 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
     let mut seen = String::new();
     front
         .wait_for(Duration::from_secs(10), || {
-            let (ok, text) = s_client(nodes[0].https.port(), Some("node-a.live.test"), &ca)?;
+            let (ok, text) = s_client(nodes[0].https, Some("node-a.live.test"), &ca)?;
             seen = text;
             Ok(ok && seen.contains("rotated"))
         })
