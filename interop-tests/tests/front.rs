@@ -112,17 +112,24 @@ fn s_client(to: SocketAddr, name: Option<&str>, ca: &Path) -> Result<(bool, Stri
     Ok((verified, text))
 }
 
+/// curl printing `status redirect_url` and nothing else.
+fn curl_status() -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+    ])
+    .args(["--max-time", "10"]);
+    cmd
+}
+
 /// curl to the public name through the front: `status redirect_url`.
 fn curl(front: &Server, ca: &Path, args: &[&str], path: &str) -> Result<String> {
-    run(Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{redirect_url}",
-        ])
-        .args(["--max-time", "10", "--resolve"])
+    run(curl_status()
+        .arg("--resolve")
         .arg(format!("{PUBLIC}:443:{}", front.http.ip()))
         .arg("--cacert")
         .arg(ca)
@@ -339,15 +346,7 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
     );
     ensure!(front.metric("starling_front_posts_limited_total")? >= 1.0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let moved = run(Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{redirect_url}",
-        ])
-        .arg(format!("http://{}:80/watch/alice", front.http.ip())))?;
+    let moved = run(curl_status().arg(format!("http://{}:80/watch/alice", front.http.ip())))?;
     ensure!(
         moved == format!("308 https://{PUBLIC}/watch/alice"),
         "{moved}"

@@ -337,12 +337,7 @@ async fn whep(
     if let Some(limited) = front.limited(&request) {
         return limited;
     }
-    let Ok(name) = ChannelName::new(&channel) else {
-        return text(StatusCode::BAD_REQUEST, "invalid channel name");
-    };
-    let node = front.viewer_node(&name);
-    let path = format!("/whep/{name}{}", query(&request));
-    front.send(1, node, path, request).await
+    to_viewer_node(&front, 1, &channel, request).await
 }
 
 async fn watch(
@@ -350,12 +345,17 @@ async fn watch(
     Path(channel): Path<String>,
     request: Request,
 ) -> Response {
-    let Ok(name) = ChannelName::new(&channel) else {
+    to_viewer_node(&front, 2, &channel, request).await
+}
+
+/// A viewer's request (`ROUTES[route]`) to the node chosen for it, the query kept.
+async fn to_viewer_node(front: &Front, route: usize, channel: &str, request: Request) -> Response {
+    let Ok(name) = ChannelName::new(channel) else {
         return text(StatusCode::BAD_REQUEST, "invalid channel name");
     };
     let node = front.viewer_node(&name);
-    let path = format!("/watch/{name}{}", query(&request));
-    front.send(2, node, path, request).await
+    let path = format!("/{}/{name}{}", ROUTES[route], query(&request));
+    front.send(route, node, path, request).await
 }
 
 /// Port 80 (`[front] redirect_http`): every request to the same path on HTTPS at the public
