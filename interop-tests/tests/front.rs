@@ -25,7 +25,7 @@ const PUBLIC: &str = "live.test";
 const SERVICES: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 202, 0, 1);
 const NODES: [&str; 2] = ["node-a", "node-b"];
 const CHANNELS: &str = "\n[channels.alice]\nkey = \"k-alice\"\n[channels.bob]\nkey = \"k-bob\"\n\
-                        [channels.carol]\nkey = \"k-carol\"\n[channels.dave]\nkey = \"k-dave\"\n[ftl.channels]\n\"4321\" = \"carol\"\n";
+                        [channels.carol]\nkey = \"k-carol\"\n[channels.dave]\nkey = \"k-dave\"\n[channels.erin]\nkey = \"k-erin\"\n[ftl.channels]\n\"4321\" = \"carol\"\n";
 
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
@@ -335,6 +335,48 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
         !right.contains("k-alice"),
         "the key never travels in the redirect"
     );
+
+    // The token in the redirect is what the node takes instead of `Authorization` (which
+    // Firefox and Safari drop across origins): a real offer with the token alone is admitted;
+    // a token altered, or one for another channel, is not.
+    let offer = dir.join("offer.sdp");
+    std::fs::write(&offer, interop_tests::sdp_offer(true, true, true, false))?;
+    let erin = curl(
+        front,
+        &ca,
+        &[&sdp[..], &["-H", "Authorization: Bearer k-erin"]].concat(),
+        "/whip/erin",
+    )?;
+    let location = erin.split_once(' ').map(|(_, l)| l).unwrap_or_default();
+    let node_host = location
+        .strip_prefix("https://")
+        .and_then(|l| l.split('/').next())
+        .context("the node in the redirect")?;
+    let node_ip = nodes
+        .iter()
+        .zip(NODES)
+        .find(|(_, id)| node_host.starts_with(id))
+        .map(|(n, _)| n.http.ip())
+        .context("a node of ours")?;
+    let post_to_node = |url: &str| {
+        run(curl_status()
+            .arg("--resolve")
+            .arg(format!("{node_host}:{node_ip}"))
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["-H", "Content-Type: application/sdp", "--data-binary"])
+            .arg(format!("@{}", offer.display()))
+            .arg(url))
+    };
+    let last = if location.ends_with('0') { "1" } else { "0" };
+    let tampered = format!("{}{last}", &location[..location.len() - 1]);
+    ensure!(post_to_node(&tampered)?.starts_with("401"), "altered token");
+    ensure!(
+        post_to_node(&location.replace("/whip/erin", "/whip/alice"))?.starts_with("401"),
+        "another channel's token"
+    );
+    let admitted = post_to_node(location)?;
+    ensure!(admitted.starts_with("201"), "the token admits: {admitted}");
     // A client posting too fast is told to slow down (8 at once, then 10 a second here).
     let mut statuses = Vec::new();
     for _ in 0..12 {
@@ -480,7 +522,7 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
 
     for server in [front, &nodes[0], &nodes[1]] {
         let log = server.log();
-        for secret in ["k-alice", "k-bob", "k-carol", "k-dave", "token="] {
+        for secret in ["k-alice", "k-bob", "k-carol", "k-dave", "k-erin", "token="] {
             ensure!(!log.contains(secret), "{secret} in a log");
         }
     }
