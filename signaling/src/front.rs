@@ -382,3 +382,109 @@ pub fn https_redirect(public_name: String, https_port: u16) -> Router {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use cluster::{Event, Load, NodeInfo, Ports};
+
+    fn node(id: &str, roles: &[Role], viewers: u32) -> NodeInfo {
+        NodeInfo {
+            id: NodeId::new(id).unwrap(),
+            roles: roles.to_vec(),
+            region: "eu".into(),
+            public_host: format!("{id}.live.test"),
+            ports: Ports {
+                https: if id == "b" { 443 } else { 8443 },
+                ..Ports::default()
+            },
+            load: Load {
+                viewers,
+                ..Load::default()
+            },
+            draining: false,
+            tier: Default::default(),
+            relay_fingerprint: String::new(),
+        }
+    }
+
+    /// A front `me` over nodes `a` (ingest, sfu, 500 viewers) and `b` (sfu, 0 viewers); its own
+    /// routes answer `200 here`.
+    fn front(me: &str, publishers: admission::Publishers) -> Router {
+        let routing = Arc::new(RoutingTable::new());
+        routing.apply(&Event::NodeUp(node("a", &[Role::Ingest, Role::Sfu], 500)));
+        routing.apply(&Event::NodeUp(node("b", &[Role::Sfu], 0)));
+        let bus = media::Bus::with_config(Default::default());
+        router(Arc::new(Front {
+            me: NodeId::new(me).unwrap(),
+            region: Some("eu".into()),
+            routing,
+            admission: Admission::new(bus, publishers),
+            node: Router::new().fallback(|| async { "here" }),
+            token_lifetime: Duration::from_secs(60),
+            posts: Arc::new(RatePerIp::new(0, 0)),
+            metrics: Arc::default(),
+        }))
+    }
+
+    async fn send(app: &Router, method: &str, uri: &str, auth: Option<&str>) -> Response {
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(key) = auth {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        app.clone()
+            .oneshot(request.body(Body::from("v=0")).unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn location(response: &Response) -> &str {
+        response.headers()[header::LOCATION].to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn viewers_and_publishers_are_sent_to_their_nodes() {
+        let keys = admission::Publishers::with_channels([(
+            ChannelName::new("alice").unwrap(),
+            admission::StreamKey::new("k"),
+        )]);
+        let app = front("f", keys);
+        // A viewer: the lighter primary, its port left out when it is 443; the query kept.
+        let whep = send(&app, "POST", "/whep/alice?x=1", None).await;
+        assert_eq!(whep.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(location(&whep), "https://b.live.test/whep/alice?x=1");
+        let watch = send(&app, "GET", "/watch/alice", None).await;
+        assert_eq!(location(&watch), "https://b.live.test/watch/alice");
+        // A publisher: its key checked here, then the ingest node with a token.
+        let whip = send(&app, "POST", "/whip/alice", Some("k")).await;
+        assert_eq!(whip.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert!(location(&whip).starts_with("https://a.live.test:8443/whip/alice?token="));
+        let wrong = send(&app, "POST", "/whip/alice", Some("nope")).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        let bad = send(&app, "POST", "/whep/..", None).await;
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        // Preflights are answered here; everything else is the front's own.
+        let options = send(&app, "OPTIONS", "/whip/alice", None).await;
+        assert_eq!(options.status(), StatusCode::NO_CONTENT);
+        assert_eq!(send(&app, "GET", "/", None).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_front_chosen_itself_serves_the_request() {
+        let app = front("b", admission::Publishers::default());
+        let whep = send(&app, "POST", "/whep/alice", None).await;
+        assert_eq!(whep.status(), StatusCode::OK, "served by b's own routes");
+        // Open publishing: no token to carry.
+        let whip = send(&app, "POST", "/whip/alice", None).await;
+        assert_eq!(location(&whip), "https://a.live.test:8443/whip/alice");
+    }
+
+    #[tokio::test]
+    async fn port_80_sends_everything_to_https_at_the_public_name() {
+        let app = https_redirect("live.test".into(), 443);
+        let moved = send(&app, "POST", "/whip/alice?x=1", None).await;
+        assert_eq!(moved.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(location(&moved), "https://live.test/whip/alice?x=1");
+    }
+}
