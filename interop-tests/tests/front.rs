@@ -303,6 +303,12 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
     }
     ensure!(front.metric("starling_https_connections_total{outcome=\"passed_through\"}")? >= 1.0);
     ensure!(front.metric("starling_https_connections_total{outcome=\"refused_name\"}")? >= 2.0);
+    // Half a ClientHello, then silence: held at most 5 s (checked at the end); meanwhile
+    // everything else goes on.
+    let mut slow = TcpStream::connect(door(front))?;
+    slow.write_all(&[22, 3, 1, 2, 0])?;
+    slow.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let slow_since = std::time::Instant::now();
     // Not TLS at all: closed, and nothing else disturbed.
     let mut junk = TcpStream::connect(door(front))?;
     junk.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -519,6 +525,13 @@ async fn one_public_name_for_publishers_and_viewers() -> Result<()> {
             Ok(ok && seen.contains("rotated"))
         })
         .with_context(|| format!("the new certificate: {seen}"))?;
+
+    ensure!(
+        slow.read(&mut [0; 16]).unwrap_or(0) == 0,
+        "the silent client is closed"
+    );
+    ensure!(slow_since.elapsed() < Duration::from_secs(30));
+    ensure!(front.metric("starling_https_connections_total{outcome=\"refused_hello\"}")? >= 2.0);
 
     for server in [front, &nodes[0], &nodes[1]] {
         let log = server.log();

@@ -339,6 +339,29 @@ mod tests {
     }
 
     #[test]
+    fn files_give_the_default_certificate() {
+        let dir = std::env::temp_dir().join(format!("starling-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (chain, key) = pem_pair("files.test");
+        std::fs::write(dir.join("c.pem"), &chain).unwrap();
+        std::fs::write(dir.join("k.pem"), &key).unwrap();
+        let fetch: Fetch = Arc::new(|_| Box::pin(async { Ok(None) }));
+        let certs = Certificates::new(
+            Some((&dir.join("c.pem"), &dir.join("k.pem"))),
+            &[],
+            fetch.clone(),
+        )
+        .unwrap();
+        assert_eq!(certs.origin(), &Origin::Files);
+        let expected = certified_key(chain.as_bytes(), key.as_bytes()).unwrap();
+        assert_eq!(certs.for_name(Some("any.test")).cert, expected.cert);
+        let missing =
+            Certificates::new(Some((&dir.join("no.pem"), &dir.join("k.pem"))), &[], fetch);
+        assert!(matches!(missing, Err(CertError::File(..))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_key_of_another_certificate_is_refused() {
         let (chain, _) = pem_pair("a.test");
         let (_, key) = pem_pair("a.test");
