@@ -3,6 +3,7 @@
 
 mod clock;
 mod resample;
+pub mod video;
 mod worker;
 
 use bytes::Bytes;
