@@ -26,6 +26,8 @@ pub struct Config {
     pub ftl: ingest::FtlConfig,
     /// WebRTC media.
     pub webrtc: sfu::WebRtcConfig,
+    /// Video re-encoding on ingest nodes (B-frames removed).
+    pub transcode: ingest::TranscodeConfig,
     /// The media bus: memory limits of each track, publisher reconnect grace period.
     pub bus: media::BusConfig,
     /// The relay between nodes: QUIC address, tier, cache, trusted outside clients.
@@ -51,8 +53,9 @@ pub struct Config {
     pub channels: BTreeMap<String, admission::ChannelConfig>,
 }
 
-const SECTIONS: [&str; 18] = [
+const SECTIONS: [&str; 19] = [
     "http",
+    "transcode",
     "https",
     "front",
     "relay",

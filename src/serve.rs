@@ -127,7 +127,9 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     if !matches!(*registry, crate::registry::Backend::Memory(_)) {
         admission = admission.with_claims(crate::node::claims(registry.clone(), node_id.clone()));
     }
-    let ingest = ingest::Ingest::new(admission.clone());
+    let ingest = ingest::Ingest::new(admission.clone()).with_transcoding(
+        ingest::transcode::video_worker::Budget::new(config.transcode.clone()),
+    );
     // This node's view of the cluster, kept current by the registry's events.
     let routing = Arc::new(cluster::RoutingTable::new());
     tokio::spawn({

@@ -16,22 +16,35 @@ pub use admission::{
     Publishers, Refusal, StreamKey,
 };
 pub use ftl::FtlConfig;
+use std::sync::Arc;
+
 use media::{Bus, ChannelName};
-pub use publish::{Publish, BFRAMES_NOTICE};
+pub use publish::{Publish, BFRAMES_NOTICE, ORIGINAL_VIDEO, REENCODED_NOTICE};
 pub use rtmp::RtmpConfig;
 pub use srt::SrtConfig;
+pub use transcode::video_worker::TranscodeConfig;
 
 /// What every ingest protocol shares: the node's [`Admission`] (its bus, publishing policy,
 /// claims and per-address caps). Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
     admission: Admission,
+    transcoding: Option<Arc<transcode::video_worker::Budget>>,
 }
 
 impl Ingest {
     /// Ingest under `admission`'s policy, into its bus.
     pub fn new(admission: Admission) -> Self {
-        Self { admission }
+        Self {
+            admission,
+            transcoding: None,
+        }
+    }
+
+    /// Publishers' H.264 with B-frames is re-encoded without them, within `budget`.
+    pub fn with_transcoding(mut self, budget: Arc<transcode::video_worker::Budget>) -> Self {
+        self.transcoding = Some(budget);
+        self
     }
 
     /// The admission policy this ingest asks.
@@ -81,6 +94,10 @@ impl Ingest {
 
     /// Starts the broadcast of a channel already authorised (and claimed, in a cluster).
     pub fn start_authorized(&self, channel: ChannelName) -> Result<Publish, Refusal> {
-        Ok(Publish::new(self.bus().publish(channel)?))
+        let publish = Publish::new(self.bus().publish(channel)?);
+        Ok(match &self.transcoding {
+            Some(budget) => publish.with_transcoding(budget.clone()),
+            None => publish,
+        })
     }
 }

@@ -11,6 +11,7 @@ use media::{tracks, AudioCodec, BroadcastProducer, Codec, Frame, TrackProducer, 
 use tracing::{debug, info, warn};
 
 use crate::es;
+use crate::transcode::video_worker::{Budget, VideoWorker};
 use crate::transcode::AacWorker;
 
 /// The notice viewers see when the encoder sends B-frames.
@@ -18,10 +19,19 @@ pub const BFRAMES_NOTICE: &str = "This stream has B-frames, which browsers canno
 over WebRTC. In OBS: Settings > Output > Streaming, set x264 Options to bframes=0 (or Max \
 B-frames to 0 for hardware encoders), then restart the stream.";
 
+/// The notice viewers see when the encoder sends B-frames and Starling re-encodes the video.
+pub const REENCODED_NOTICE: &str = "This stream has B-frames, which browsers cannot play \
+smoothly over WebRTC, so the server re-encodes its video without them (a little more latency). \
+To spare that: in OBS, Settings > Output > Streaming, set x264 Options to bframes=0.";
+
+/// The track the source video stays on while `video` carries it re-encoded: not a simulcast
+/// layer (`video.*`), so viewers are not offered it.
+pub const ORIGINAL_VIDEO: &str = "original.video";
+
 /// A publisher's broadcast and the state needed to feed it.
 pub struct Publish {
     broadcast: BroadcastProducer,
-    video: TrackProducer,
+    video: Arc<TrackProducer>,
     /// Shared with the AAC transcoder's thread, which writes the Opus it makes.
     audio: Arc<TrackProducer>,
     avc: Option<AvcConfig>,
@@ -35,6 +45,12 @@ pub struct Publish {
     av1: bool,
     av1_config: Option<Bytes>,
     opus_packets: u64,
+    /// Re-encoders of this node, when it has any to give.
+    budget: Option<Arc<Budget>>,
+    /// This channel's, once its B-frames called for one.
+    reencoder: Option<VideoWorker>,
+    /// The source video, kept on the bus while `video` is re-encoded.
+    original: Option<TrackProducer>,
 }
 
 /// Opus packets passed through start a group on the bus every second (50 x 20 ms).
@@ -43,7 +59,7 @@ const OPUS_PACKETS_PER_GROUP: u64 = 50;
 impl Publish {
     /// Starts feeding `broadcast`: creates its `video` and `audio.opus` tracks.
     pub fn new(broadcast: BroadcastProducer) -> Self {
-        let video = broadcast.create_track(tracks::VIDEO);
+        let video = Arc::new(broadcast.create_track(tracks::VIDEO));
         let audio = Arc::new(broadcast.create_track(tracks::AUDIO_OPUS));
         audio.set_codec(Codec::Audio(AudioCodec::Opus { channels: 2 }));
         Self {
@@ -60,6 +76,76 @@ impl Publish {
             av1: false,
             av1_config: None,
             opus_packets: 0,
+            budget: None,
+            reencoder: None,
+            original: None,
+        }
+    }
+
+    /// Re-encodes H.264 video with B-frames when `budget` has room.
+    pub fn with_transcoding(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Whether the video is being re-encoded.
+    pub fn reencoding(&self) -> bool {
+        self.reencoder.is_some()
+    }
+
+    /// One H.264 access unit onto the bus: as it is, or through the re-encoder once that
+    /// runs (the source then on [`ORIGINAL_VIDEO`]).
+    fn write_h264(&mut self, frame: Frame) {
+        if let Some(reencoder) = &mut self.reencoder {
+            reencoder.push(
+                frame.payload.clone(),
+                frame.timestamp,
+                frame.keyframe,
+                frame.arrived,
+            );
+            if let Some(original) = &self.original {
+                original.write(frame.clone());
+            }
+            if reencoder.started() {
+                return;
+            }
+        }
+        self.video.write(frame);
+    }
+
+    /// The source's H.264 parameters: on `video`, or on the original's track while `video`
+    /// carries the re-encoder's.
+    fn set_h264_codec(&self, codec: VideoCodec) {
+        match &self.original {
+            Some(original) => original.set_codec(Codec::Video(codec)),
+            None => self.video.set_codec(Codec::Video(codec)),
+        }
+    }
+
+    /// Starts the re-encoder for this channel's H.264, if the node has room.
+    fn start_reencoder(&mut self) -> bool {
+        let (Some(budget), Some(config)) = (&self.budget, &self.avc) else {
+            return false;
+        };
+        let Some(slot) = budget.try_take() else {
+            warn!("every video re-encoder is busy (transcode.max_channels); B-frames pass as they are");
+            return false;
+        };
+        match VideoWorker::start(self.video.clone(), slot) {
+            Ok(worker) => {
+                let original = self.broadcast.create_track(ORIGINAL_VIDEO);
+                original.set_codec(Codec::Video(VideoCodec::H264 {
+                    sps: config.sps.clone(),
+                    pps: config.pps.clone(),
+                }));
+                self.original = Some(original);
+                self.reencoder = Some(worker);
+                true
+            }
+            Err(err) => {
+                warn!(%err, "cannot re-encode this video; B-frames pass as they are");
+                false
+            }
         }
     }
 
@@ -77,7 +163,7 @@ impl Publish {
                     pps: config.pps.clone(),
                 };
                 info!(codec = %codec.describe(), "video configured");
-                self.video.set_codec(Codec::Video(codec));
+                self.set_h264_codec(codec);
                 self.avc = Some(config);
             }
             Err(err) => warn!(%err, "ignoring malformed AVC sequence header"),
@@ -100,8 +186,7 @@ impl Publish {
         self.note_bframes(cts_ms != 0);
         let pts_ms = dts_ms.saturating_add_signed(i64::from(cts_ms));
         self.video_frames += 1;
-        self.video
-            .write(Frame::new(pts_ms * 90, keyframe, payload, arrived));
+        self.write_h264(Frame::new(pts_ms * 90, keyframe, payload, arrived));
     }
 
     /// New AAC configuration (an AudioSpecificConfig).
@@ -140,7 +225,7 @@ impl Publish {
                 pps: pps.clone(),
             };
             info!(codec = %codec.describe(), "video configured");
-            self.video.set_codec(Codec::Video(codec));
+            self.set_h264_codec(codec);
             self.avc = Some(AvcConfig {
                 length_size: 4,
                 sps,
@@ -162,8 +247,7 @@ impl Publish {
         }
         self.note_bframes(pts != dts);
         self.video_frames += 1;
-        self.video
-            .write(Frame::new(pts, keyframe, out.freeze(), arrived));
+        self.write_h264(Frame::new(pts, keyframe, out.freeze(), arrived));
     }
 
     /// New H.265 decoder configuration (an `hvcC` record, enhanced RTMP).
@@ -289,8 +373,15 @@ impl Publish {
     fn note_bframes(&mut self, reordered: bool) {
         if reordered && !self.bframes {
             self.bframes = true;
-            warn!("publisher sends B-frames; viewers are told which setting to change");
-            self.broadcast.set_notice(Some(BFRAMES_NOTICE.to_owned()));
+            // H.264 is re-encoded without them when the node has room; else viewers are told
+            // which setting to change.
+            if !self.hevc && self.start_reencoder() {
+                info!("publisher sends B-frames; its video is re-encoded without them");
+                self.broadcast.set_notice(Some(REENCODED_NOTICE.to_owned()));
+            } else {
+                warn!("publisher sends B-frames; viewers are told which setting to change");
+                self.broadcast.set_notice(Some(BFRAMES_NOTICE.to_owned()));
+            }
         }
     }
 

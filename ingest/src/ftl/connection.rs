@@ -229,8 +229,8 @@ async fn start_media(
         warn!("ftl: every media port is in use");
         return (Err(code::INTERNAL_SERVER_ERROR), None);
     };
-    match ingest.bus().publish(channel) {
-        Ok(broadcast) => (Ok(lease.port), Some((Publish::new(broadcast), lease))),
+    match ingest.start_authorized(channel) {
+        Ok(publish) => (Ok(lease.port), Some((publish, lease))),
         Err(_) => (Err(code::CHANNEL_IN_USE), None),
     }
 }

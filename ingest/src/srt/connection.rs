@@ -3,7 +3,6 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use media::BroadcastProducer;
 use srt_tokio::SrtSocket;
 use tokio::time::timeout;
 use tracing::{debug, info};
@@ -17,9 +16,8 @@ use crate::Publish;
 const HEADROOM_90K: u64 = 90_000;
 
 /// Feeds the broadcast until the publisher leaves, goes quiet, or the socket fails.
-pub(super) async fn run(mut socket: SrtSocket, broadcast: BroadcastProducer, config: &SrtConfig) {
-    let channel = broadcast.name().clone();
-    let mut publish = Publish::new(broadcast);
+pub(super) async fn run(mut socket: SrtSocket, mut publish: Publish, config: &SrtConfig) {
+    let channel = publish.broadcast().name().clone();
     info!(%channel, "srt publisher live");
     let mut demux = Demuxer::new();
     let mut units = Vec::new();

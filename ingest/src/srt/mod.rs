@@ -182,14 +182,14 @@ async fn admit(
                 passphrase,
             })
     });
-    let (config, bus) = (config.clone(), ingest.bus().clone());
+    let (config, ingest) = (config.clone(), ingest.clone());
     tokio::spawn(
         async move {
             // Accepting completes the handshake; a caller with the wrong passphrase fails here,
             // before anything goes live.
             match request.accept(keys).await {
-                Ok(socket) => match bus.publish(channel) {
-                    Ok(broadcast) => connection::run(socket, broadcast, &config).await,
+                Ok(socket) => match ingest.start_authorized(channel) {
+                    Ok(publish) => connection::run(socket, publish, &config).await,
                     // Another publisher got in during the handshake; closing tells this one.
                     Err(err) => warn!(%err, "srt publish refused after the handshake"),
                 },

@@ -4,6 +4,7 @@
 mod clock;
 mod resample;
 pub mod video;
+pub mod video_worker;
 mod worker;
 
 use bytes::Bytes;

@@ -1,0 +1,232 @@
+//! The video re-encoder on a thread of its own, one per channel that needs it, never on the
+//! async workers; a node-wide [`Budget`] caps how many run at once (`[transcode]
+//! max_channels`). Access units wait in a bounded queue; when it is full the re-encoder has
+//! fallen behind, and input is dropped up to the next keyframe (a decoder cannot start
+//! elsewhere). Its output goes to the channel's `video` track, whose codec it sets from the
+//! parameter sets of its first keyframe.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use media::bitstream::avc;
+use media::{Codec, Frame, TrackProducer, VideoCodec};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use super::video::{Reencode, VideoError, VideoSettings};
+
+/// Access units waiting for the re-encoder (about a second at 30 fps).
+const QUEUE: usize = 32;
+/// Arrival times kept to stamp output frames with their input's (more than any reorder depth).
+const ARRIVALS: usize = 64;
+
+/// `[transcode]`: video re-encoding on ingest nodes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscodeConfig {
+    /// Channels re-encoded at once on this node (about 40% of a core each at 720p30); past
+    /// it, a stream with B-frames is passed on as it is, with a notice naming the setting.
+    pub max_channels: usize,
+    /// Bits per second of re-encoded video.
+    pub bitrate: usize,
+    /// x264 preset.
+    pub preset: String,
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        Self {
+            max_channels: 2,
+            bitrate: 2_500_000,
+            preset: "veryfast".into(),
+        }
+    }
+}
+
+/// How many re-encoders may run at once, and how many do.
+#[derive(Debug)]
+pub struct Budget {
+    config: TranscodeConfig,
+    running: AtomicUsize,
+}
+
+/// One re-encoder's place in the [`Budget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<Budget>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Budget {
+    /// At most `config.max_channels` at once.
+    pub fn new(config: TranscodeConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            running: AtomicUsize::new(0),
+        })
+    }
+
+    /// A place, unless all are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.running
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.config.max_channels).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// Re-encoders running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    fn settings(&self) -> VideoSettings {
+        VideoSettings {
+            bitrate: self.config.bitrate,
+            preset: self.config.preset.clone(),
+            ..VideoSettings::default()
+        }
+    }
+}
+
+struct Input {
+    au: Bytes,
+    pts: u64,
+    keyframe: bool,
+    arrived: Instant,
+}
+
+/// A channel's re-encoder thread. Dropping it ends the thread once the queue is drained.
+pub struct VideoWorker {
+    tx: SyncSender<Input>,
+    started: Arc<AtomicBool>,
+    /// Dropping input until the next keyframe (the queue overflowed).
+    resync: bool,
+    dropped: u64,
+}
+
+impl VideoWorker {
+    /// Starts re-encoding into `video`, in `slot` of the node's budget.
+    pub fn start(video: Arc<TrackProducer>, slot: Slot) -> Result<Self, VideoError> {
+        let mut reencode = Reencode::new(slot.0.settings())?;
+        let (tx, rx) = mpsc::sync_channel::<Input>(QUEUE);
+        let started = Arc::new(AtomicBool::new(false));
+        let shown = started.clone();
+        std::thread::Builder::new()
+            .name("video-reencode".into())
+            .spawn(move || {
+                let _slot = slot;
+                let mut arrivals: VecDeque<(u64, Instant)> = VecDeque::with_capacity(ARRIVALS);
+                let mut waiting_for_keyframe = true;
+                for input in rx {
+                    if waiting_for_keyframe && !input.keyframe {
+                        continue;
+                    }
+                    waiting_for_keyframe = false;
+                    if arrivals.len() == ARRIVALS {
+                        arrivals.pop_front();
+                    }
+                    arrivals.push_back((input.pts, input.arrived));
+                    let frames = match reencode.push(&input.au, input.pts) {
+                        Ok(frames) => frames,
+                        Err(err) => {
+                            debug!(%err, "video access unit not re-encoded");
+                            continue;
+                        }
+                    };
+                    for frame in frames {
+                        let arrived = arrivals
+                            .iter()
+                            .find(|(pts, _)| *pts == frame.pts)
+                            .map_or(input.arrived, |(_, at)| *at);
+                        if !shown.load(Ordering::Relaxed) {
+                            if !frame.keyframe {
+                                continue;
+                            }
+                            let (sps, pps) = avc::annexb_parameter_sets(&frame.data);
+                            if sps.is_empty() || pps.is_empty() {
+                                continue;
+                            }
+                            let codec = VideoCodec::H264 { sps, pps };
+                            info!(codec = %codec.describe(), "video re-encoded without B-frames");
+                            video.set_codec(Codec::Video(codec));
+                            shown.store(true, Ordering::Relaxed);
+                        }
+                        video.write(Frame::new(frame.pts, frame.keyframe, frame.data, arrived));
+                    }
+                }
+            })
+            .map_err(|e| VideoError::Setup(format!("no re-encoder thread: {e}")))?;
+        Ok(Self {
+            tx,
+            started,
+            resync: false,
+            dropped: 0,
+        })
+    }
+
+    /// True once the re-encoded video is on the track: the source's frames go elsewhere.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Queues one access unit; dropped (up to the next keyframe) if the re-encoder is behind.
+    pub fn push(&mut self, au: Bytes, pts: u64, keyframe: bool, arrived: Instant) {
+        if self.resync && !keyframe {
+            self.dropped += 1;
+            return;
+        }
+        let input = Input {
+            au,
+            pts,
+            keyframe,
+            arrived,
+        };
+        match self.tx.try_send(input) {
+            Ok(()) => self.resync = false,
+            Err(TrySendError::Full(_)) => {
+                self.resync = true;
+                self.dropped += 1;
+                if self.dropped.is_power_of_two() {
+                    warn!(
+                        dropped = self.dropped,
+                        "video re-encoder behind; frames dropped up to the next keyframe"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_caps_and_gives_back() {
+        let budget = Budget::new(TranscodeConfig {
+            max_channels: 2,
+            ..TranscodeConfig::default()
+        });
+        let a = budget.try_take().unwrap();
+        let _b = budget.try_take().unwrap();
+        assert!(budget.try_take().is_none());
+        assert_eq!(budget.running(), 2);
+        drop(a);
+        assert!(budget.try_take().is_some());
+        let none = Budget::new(TranscodeConfig {
+            max_channels: 0,
+            ..TranscodeConfig::default()
+        });
+        assert!(none.try_take().is_none());
+    }
+}
