@@ -158,21 +158,24 @@ impl Reencode {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// Streams for tests and benchmarks (not an API).
+#[doc(hidden)]
+pub mod samples {
     use super::*;
 
-    /// `n` pictures of a moving gradient, encoded as OBS does by default: High profile with 3
-    /// B-frames; each access unit with its presentation time, in decode order.
-    fn obs_like(n: i64) -> Vec<(Vec<u8>, u64)> {
-        ff::init().unwrap();
-        let x264 = ff::encoder::find_by_name("libx264").unwrap();
+    /// `n` pictures (`width` x `height`) of a moving gradient, encoded as OBS does by
+    /// default: High profile with 3 B-frames and b-pyramid, a keyframe a second at 30 fps; each
+    /// access unit with its presentation time (90 kHz), in decode order.
+    pub fn obs_like(width: u32, height: u32, n: i64) -> Vec<(Vec<u8>, u64)> {
+        ff::init().expect("libx264 in libavcodec");
+        ff::log::set_level(ff::log::Level::Error);
+        let x264 = ff::encoder::find_by_name("libx264").expect("libx264 in libavcodec");
         let mut context = ff::codec::Context::new_with_codec(x264)
             .encoder()
             .video()
-            .unwrap();
-        context.set_width(320);
-        context.set_height(240);
+            .expect("libx264 in libavcodec");
+        context.set_width(width);
+        context.set_height(height);
         context.set_format(ff::format::Pixel::YUV420P);
         context.set_time_base(TIME_BASE);
         context.set_max_b_frames(3);
@@ -180,17 +183,19 @@ mod tests {
         let mut options = ff::Dictionary::new();
         options.set("preset", "veryfast");
         options.set("profile", "high");
-        let mut encoder = context.open_with(options).unwrap();
+        options.set("x264-params", "b-pyramid=normal");
+        let mut encoder = context.open_with(options).expect("libx264 in libavcodec");
         let mut out = Vec::new();
         let mut take = |encoder: &mut ff::encoder::video::Encoder| {
             let mut packet = ff::Packet::empty();
             while encoder.receive_packet(&mut packet).is_ok() {
-                let pts = u64::try_from(packet.pts().unwrap()).unwrap();
-                out.push((packet.data().unwrap().to_vec(), pts));
+                let pts = u64::try_from(packet.pts().expect("libx264 in libavcodec"))
+                    .expect("libx264 in libavcodec");
+                out.push((packet.data().expect("libx264 in libavcodec").to_vec(), pts));
             }
         };
         for i in 0..n {
-            let mut picture = ff::frame::Video::new(ff::format::Pixel::YUV420P, 320, 240);
+            let mut picture = ff::frame::Video::new(ff::format::Pixel::YUV420P, width, height);
             for (plane, value) in [(0, 16 + (i * 3) % 200), (1, 128), (2, 128)] {
                 let stride = picture.stride(plane);
                 let data = picture.data_mut(plane);
@@ -199,17 +204,22 @@ mod tests {
                 }
             }
             picture.set_pts(Some(i * 3000));
-            encoder.send_frame(&picture).unwrap();
+            encoder.send_frame(&picture).expect("libx264 in libavcodec");
             take(&mut encoder);
         }
-        encoder.send_eof().unwrap();
+        encoder.send_eof().expect("libx264 in libavcodec");
         take(&mut encoder);
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn b_frames_in_none_out_every_picture_in_order() {
-        let input = obs_like(90);
+        let input = samples::obs_like(320, 240, 90);
         let reordered = input.windows(2).any(|w| w[1].1 < w[0].1);
         assert!(reordered, "the input must have B-frames");
         let mut reencode = Reencode::new(VideoSettings::default()).unwrap();
