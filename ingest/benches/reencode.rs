@@ -22,7 +22,7 @@ fn main() {
         let started = Instant::now();
         let out = reencode.push(au, *pts).expect("re-encode");
         work.push(started.elapsed().as_secs_f64() * 1000.0);
-        for frame in out {
+        for (_, frame) in out {
             if let Some(at) = pushed_at.get(&frame.pts) {
                 behind.push(n - at);
             }

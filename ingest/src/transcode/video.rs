@@ -3,10 +3,11 @@
 //! WebRTC receivers, which do not reorder, play every frame. Through ffmpeg-next over Debian's
 //! FFmpeg (5.1), the library made for this, rather than bindings of our own.
 //!
-//! Measured (spike, 2026-12-03, one core of this 2-core Xeon): a 720p30 High-profile stream
-//! with 3 B-frames (b-pyramid) decoded and re-encoded at `veryfast`: 12.6 ms per frame at p50,
-//! 14.8 ms at p99, so about 38% of a core per channel. The decoder holds back as many frames as
-//! the stream reorders (2-3 at 30 fps, about 100 ms): the latency a re-encode adds at least.
+//! Measured (`cargo bench -p ingest --bench reencode`, one core of this 2-core Xeon): a 720p30
+//! High-profile stream with 3 B-frames (b-pyramid) decoded and re-encoded at `veryfast`, 2.5
+//! Mbit/s: 15.6-17.3 ms per frame at p50, 23-26 ms at p99, about half a core per channel. The
+//! decoder holds back as many frames as the stream reorders (2 here, 67 ms at 30 fps): the
+//! latency a re-encode adds at least.
 
 use bytes::Bytes;
 use ffmpeg_next as ff;
@@ -59,11 +60,47 @@ pub struct EncodedFrame {
 /// Time base of everything here: 90 kHz, as the bus has it.
 const TIME_BASE: (i32, i32) = (1, 90_000);
 
-/// A decoder and, once the first picture shows its size, an encoder.
-pub struct Reencode {
+/// A layer of a ladder: its height (the width keeps the source's aspect) and bitrate.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    /// The bus track it goes to (`video.m`, `video.l`: simulcast layers the SFU chooses among).
+    pub track: String,
+    /// Height in pixels (even; the width follows the source's aspect).
+    pub height: u32,
+    /// Bits per second.
+    pub bitrate: usize,
+}
+
+/// One encoded output: the source's size (re-encoded without B-frames) or a ladder layer.
+struct Output {
+    /// `None`: the source's size.
+    height: Option<u32>,
     settings: VideoSettings,
-    decoder: ff::decoder::Video,
     encoder: Option<ff::encoder::video::Encoder>,
+    scaler: Option<ff::software::scaling::Context>,
+    scaled: ff::frame::Video,
+}
+
+impl Output {
+    fn new(height: Option<u32>, settings: VideoSettings) -> Self {
+        Self {
+            height,
+            settings,
+            encoder: None,
+            scaler: None,
+            scaled: ff::frame::Video::empty(),
+        }
+    }
+}
+
+/// A decoder and its outputs, each encoded with libx264 once the first picture shows the size.
+/// Every output makes a keyframe where the source has one (and none elsewhere, scene cuts
+/// included, within the keyframe interval), so a viewer can switch between layers at any of
+/// the source's keyframes.
+pub struct Reencode {
+    decoder: ff::decoder::Video,
+    outputs: Vec<Output>,
     picture: ff::frame::Video,
 }
 
@@ -76,8 +113,15 @@ fn codec(err: ff::Error) -> VideoError {
 }
 
 impl Reencode {
-    /// A re-encoder of H.264 with `settings`.
+    /// A re-encoder of H.264 at the source's size with `settings`: output 0.
     pub fn new(settings: VideoSettings) -> Result<Self, VideoError> {
+        let mut reencode = Self::decoder_only()?;
+        reencode.add_full(settings);
+        Ok(reencode)
+    }
+
+    /// A decoder with no outputs yet.
+    pub fn decoder_only() -> Result<Self, VideoError> {
         ff::init().map_err(setup)?;
         // libavcodec and libx264 talk on stderr; only their errors belong in a node's log.
         ff::log::set_level(ff::log::Level::Error);
@@ -87,75 +131,168 @@ impl Reencode {
         context.set_time_base(TIME_BASE);
         let decoder = context.decoder().video().map_err(setup)?;
         Ok(Self {
-            settings,
             decoder,
-            encoder: None,
+            outputs: Vec::new(),
             picture: ff::frame::Video::empty(),
         })
     }
 
-    /// One access unit (Annex B) presented at `pts` (90 kHz); what the encoder has ready.
-    pub fn push(&mut self, au: &[u8], pts: u64) -> Result<Vec<EncodedFrame>, VideoError> {
+    /// Adds an output at the source's size; its index.
+    pub fn add_full(&mut self, settings: VideoSettings) -> usize {
+        self.outputs.push(Output::new(None, settings));
+        self.outputs.len() - 1
+    }
+
+    /// Adds a ladder layer; its index.
+    pub fn add_layer(&mut self, layer: &LayerSpec, preset: &str) -> usize {
+        let settings = VideoSettings {
+            bitrate: layer.bitrate,
+            preset: preset.to_owned(),
+            ..VideoSettings::default()
+        };
+        self.outputs
+            .push(Output::new(Some(layer.height.max(2) & !1), settings));
+        self.outputs.len() - 1
+    }
+
+    /// One access unit (Annex B) presented at `pts` (90 kHz); what the outputs have ready,
+    /// each with its output's index.
+    pub fn push(&mut self, au: &[u8], pts: u64) -> Result<Vec<(usize, EncodedFrame)>, VideoError> {
         let mut packet = ff::Packet::copy(au);
         packet.set_pts(i64::try_from(pts).ok());
         self.decoder.send_packet(&packet).map_err(codec)?;
         let mut out = Vec::new();
         while self.decoder.receive_frame(&mut self.picture).is_ok() {
             let pts = self.picture.pts().or(self.picture.timestamp());
+            let kind = if self.picture.is_key() {
+                ff::picture::Type::I
+            } else {
+                ff::picture::Type::None
+            };
             self.picture.set_pts(pts);
-            self.picture.set_kind(ff::picture::Type::None);
-            if self.encoder.is_none() {
-                self.encoder = Some(self.open_encoder()?);
+            self.picture.set_kind(kind);
+            for (index, output) in self.outputs.iter_mut().enumerate() {
+                let Output {
+                    height,
+                    settings,
+                    encoder,
+                    scaler,
+                    scaled,
+                } = output;
+                let picture = match sized(*height, scaler, scaled, &self.picture)? {
+                    Some(scaled) => {
+                        scaled.set_pts(pts);
+                        scaled.set_kind(kind);
+                        &*scaled
+                    }
+                    None => &self.picture,
+                };
+                if encoder.is_none() {
+                    let (w, h) = (picture.width(), picture.height());
+                    *encoder = Some(open_encoder(settings, w, h)?);
+                }
+                let encoder = encoder
+                    .as_mut()
+                    .ok_or_else(|| VideoError::Setup("encoder".into()))?;
+                encoder.send_frame(picture).map_err(codec)?;
+                drain(encoder, index, &mut out);
             }
-            let encoder = self
-                .encoder
-                .as_mut()
-                .ok_or_else(|| VideoError::Setup("encoder".into()))?;
-            encoder.send_frame(&self.picture).map_err(codec)?;
-            Self::drain(encoder, &mut out);
         }
         Ok(out)
     }
+}
 
-    fn drain(encoder: &mut ff::encoder::video::Encoder, out: &mut Vec<EncodedFrame>) {
-        let mut packet = ff::Packet::empty();
-        while encoder.receive_packet(&mut packet).is_ok() {
-            let Some(data) = packet.data() else { continue };
-            let data = Bytes::copy_from_slice(data);
-            let keyframe = avc::annexb_nal_units(&data)
-                .iter()
-                .any(|u| avc::nal_type(u) == avc::nal::IDR);
-            out.push(EncodedFrame {
+/// The picture an output of `height` encodes scaled to its height (and to 4:2:0) into
+/// `scaled`, or `None` when the decoded one is it already.
+fn sized<'a>(
+    height: Option<u32>,
+    scaler: &mut Option<ff::software::scaling::Context>,
+    scaled: &'a mut ff::frame::Video,
+    picture: &ff::frame::Video,
+) -> Result<Option<&'a mut ff::frame::Video>, VideoError> {
+    let (w, h) = (picture.width(), picture.height());
+    let target_h = height.unwrap_or(h).min(h).max(2) & !1;
+    let target_w = ((u64::from(w) * u64::from(target_h) / u64::from(h.max(1))) as u32).max(2) & !1;
+    let format = ff::format::Pixel::YUV420P;
+    if picture.format() == format && (target_w, target_h) == (w, h) {
+        return Ok(None);
+    }
+    if scaler.is_none() {
+        *scaler = Some(
+            ff::software::scaling::Context::get(
+                picture.format(),
+                w,
+                h,
+                format,
+                target_w,
+                target_h,
+                ff::software::scaling::Flags::BILINEAR,
+            )
+            .map_err(setup)?,
+        );
+    }
+    let scaler = scaler
+        .as_mut()
+        .ok_or_else(|| VideoError::Setup("scaler".into()))?;
+    scaler.run(picture, scaled).map_err(codec)?;
+    Ok(Some(scaled))
+}
+
+fn drain(
+    encoder: &mut ff::encoder::video::Encoder,
+    index: usize,
+    out: &mut Vec<(usize, EncodedFrame)>,
+) {
+    let mut packet = ff::Packet::empty();
+    while encoder.receive_packet(&mut packet).is_ok() {
+        let Some(data) = packet.data() else { continue };
+        let data = Bytes::copy_from_slice(data);
+        let keyframe = avc::annexb_nal_units(&data)
+            .iter()
+            .any(|u| avc::nal_type(u) == avc::nal::IDR);
+        out.push((
+            index,
+            EncodedFrame {
                 pts: packet
                     .pts()
                     .and_then(|p| u64::try_from(p).ok())
                     .unwrap_or(0),
                 keyframe,
                 data,
-            });
-        }
+            },
+        ));
     }
+}
 
-    fn open_encoder(&self) -> Result<ff::encoder::video::Encoder, VideoError> {
-        let x264 = ff::encoder::find_by_name("libx264")
-            .ok_or_else(|| VideoError::Setup("no libx264 in libavcodec".into()))?;
-        let mut context = ff::codec::Context::new_with_codec(x264)
-            .encoder()
-            .video()
-            .map_err(setup)?;
-        context.set_width(self.picture.width());
-        context.set_height(self.picture.height());
-        context.set_format(ff::format::Pixel::YUV420P);
-        context.set_time_base(TIME_BASE);
-        context.set_max_b_frames(0);
-        context.set_gop(self.settings.keyframe_interval);
-        context.set_bit_rate(self.settings.bitrate);
-        let mut options = ff::Dictionary::new();
-        options.set("preset", &self.settings.preset);
-        options.set("tune", "zerolatency");
-        options.set("profile", "main");
-        context.open_with(options).map_err(setup)
-    }
+fn open_encoder(
+    settings: &VideoSettings,
+    width: u32,
+    height: u32,
+) -> Result<ff::encoder::video::Encoder, VideoError> {
+    let x264 = ff::encoder::find_by_name("libx264")
+        .ok_or_else(|| VideoError::Setup("no libx264 in libavcodec".into()))?;
+    let mut context = ff::codec::Context::new_with_codec(x264)
+        .encoder()
+        .video()
+        .map_err(setup)?;
+    context.set_width(width);
+    context.set_height(height);
+    context.set_format(ff::format::Pixel::YUV420P);
+    context.set_time_base(TIME_BASE);
+    // Rate control spends the bitrate per frame at this rate (without it, libx264 takes the
+    // 90 kHz time base for the frame rate and starves every frame).
+    context.set_frame_rate(Some((30, 1)));
+    context.set_max_b_frames(0);
+    context.set_gop(settings.keyframe_interval);
+    context.set_bit_rate(settings.bitrate);
+    let mut options = ff::Dictionary::new();
+    options.set("preset", &settings.preset);
+    options.set("tune", "zerolatency");
+    options.set("profile", "main");
+    // Keyframes only where the source has them (forced) or at the interval: the same pictures
+    // in every output, so layers switch cleanly.
+    options.set("sc_threshold", "0");
+    context.open_with(options).map_err(setup)
 }
 
 /// Streams for tests and benchmarks (not an API).
@@ -225,7 +362,7 @@ mod tests {
         let mut reencode = Reencode::new(VideoSettings::default()).unwrap();
         let mut out = Vec::new();
         for (au, pts) in &input {
-            out.extend(reencode.push(au, *pts).unwrap());
+            out.extend(reencode.push(au, *pts).unwrap().into_iter().map(|(_, f)| f));
         }
         // Decode order is presentation order now, and the first picture is a keyframe with
         // its parameter sets, so a viewer can start there.
@@ -240,6 +377,39 @@ mod tests {
             out.len(),
             input.len()
         );
+    }
+
+    #[test]
+    fn a_ladder_keyframes_on_the_same_pictures_in_every_layer() {
+        let input = samples::obs_like(320, 240, 90);
+        let mut reencode = Reencode::decoder_only().unwrap();
+        let full = reencode.add_full(VideoSettings::default());
+        let spec = |track: &str, height| LayerSpec {
+            track: track.into(),
+            height,
+            bitrate: 200_000,
+        };
+        let m = reencode.add_layer(&spec("video.m", 120), "veryfast");
+        let l = reencode.add_layer(&spec("video.l", 61), "veryfast");
+        let mut keyframes = [Vec::new(), Vec::new(), Vec::new()];
+        let mut sizes = [0usize; 3];
+        for (au, pts) in &input {
+            for (index, frame) in reencode.push(au, *pts).unwrap() {
+                sizes[index] += 1;
+                if frame.keyframe {
+                    keyframes[index].push(frame.pts);
+                }
+                if index != full && frame.keyframe {
+                    let (sps, _) = avc::annexb_parameter_sets(&frame.data);
+                    assert!(!sps.is_empty());
+                }
+            }
+        }
+        // The source has a keyframe a second (and at scene cuts): the same in every layer.
+        assert!(keyframes[full].len() >= 3, "{keyframes:?}");
+        assert_eq!(keyframes[full], keyframes[m]);
+        assert_eq!(keyframes[full], keyframes[l]);
+        assert!(sizes.iter().all(|n| *n >= input.len() - 4), "{sizes:?}");
     }
 
     #[test]

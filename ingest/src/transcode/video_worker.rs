@@ -17,7 +17,7 @@ use media::{Codec, Frame, TrackProducer, VideoCodec};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
-use super::video::{Reencode, VideoError, VideoSettings};
+use super::video::{LayerSpec, Reencode, VideoError, VideoSettings};
 
 /// Access units waiting for the re-encoder (about a second at 30 fps).
 const QUEUE: usize = 32;
@@ -104,29 +104,90 @@ struct Input {
     arrived: Instant,
 }
 
+enum Command {
+    Frame(Input),
+    /// From now on, also the source's size without B-frames, onto `video`.
+    ReencodeFull,
+}
+
+/// Where one of the re-encoder's outputs goes.
+struct Destination {
+    track: Arc<TrackProducer>,
+    /// Its codec is set (from its first keyframe's parameter sets); frames go out from then.
+    configured: bool,
+    /// It is `video` at the source's size: once configured, the source's frames stop there.
+    full: bool,
+}
+
 /// A channel's re-encoder thread. Dropping it ends the thread once the queue is drained.
 pub struct VideoWorker {
-    tx: SyncSender<Input>,
+    tx: SyncSender<Command>,
     started: Arc<AtomicBool>,
     /// Dropping input until the next keyframe (the queue overflowed).
     resync: bool,
     dropped: u64,
+    /// A [`VideoWorker::reencode_full`] not queued yet (the queue was full).
+    full_pending: bool,
 }
 
 impl VideoWorker {
     /// Starts re-encoding into `video`, in `slot` of the node's budget.
     pub fn start(video: Arc<TrackProducer>, slot: Slot) -> Result<Self, VideoError> {
-        let mut reencode = Reencode::new(slot.0.settings())?;
-        let (tx, rx) = mpsc::sync_channel::<Input>(QUEUE);
+        let mut worker = Self::start_ladder(video, Vec::new(), slot)?;
+        worker.reencode_full();
+        Ok(worker)
+    }
+
+    /// Starts a ladder's `layers` (each onto its track), in `slot` of the node's budget;
+    /// `video` is re-encoded too once [`VideoWorker::reencode_full`] asks. Not offered to
+    /// publishers yet: Chromium stopped decoding after the SFU switched a viewer from `video`
+    /// to a ladder layer (the layers decode on their own; issue 19 notes).
+    pub fn start_ladder(
+        video: Arc<TrackProducer>,
+        layers: Vec<(LayerSpec, Arc<TrackProducer>)>,
+        slot: Slot,
+    ) -> Result<Self, VideoError> {
+        let settings = slot.0.settings();
+        // Fails here, before a thread starts, if libavcodec has no H.264 decoder.
+        drop(Reencode::decoder_only()?);
+        let mut destinations = Vec::new();
+        for (_, track) in &layers {
+            destinations.push(Destination {
+                track: track.clone(),
+                configured: false,
+                full: false,
+            });
+        }
+        let (tx, rx) = mpsc::sync_channel::<Command>(QUEUE);
         let started = Arc::new(AtomicBool::new(false));
         let shown = started.clone();
         std::thread::Builder::new()
             .name("video-reencode".into())
             .spawn(move || {
                 let _slot = slot;
+                // Made on this thread: libswscale's context may not move between threads.
+                let mut reencode = match Reencode::decoder_only() {
+                    Ok(reencode) => reencode,
+                    Err(err) => return warn!(%err, "video re-encoder did not start"),
+                };
+                for (spec, _) in &layers {
+                    reencode.add_layer(spec, &settings.preset);
+                }
                 let mut arrivals: VecDeque<(u64, Instant)> = VecDeque::with_capacity(ARRIVALS);
                 let mut waiting_for_keyframe = true;
-                for input in rx {
+                for command in rx {
+                    let input = match command {
+                        Command::ReencodeFull => {
+                            reencode.add_full(settings.clone());
+                            destinations.push(Destination {
+                                track: video.clone(),
+                                configured: false,
+                                full: true,
+                            });
+                            continue;
+                        }
+                        Command::Frame(input) => input,
+                    };
                     if waiting_for_keyframe && !input.keyframe {
                         continue;
                     }
@@ -142,25 +203,29 @@ impl VideoWorker {
                             continue;
                         }
                     };
-                    for frame in frames {
+                    for (index, frame) in frames {
+                        let Some(to) = destinations.get_mut(index) else {
+                            continue;
+                        };
                         let arrived = arrivals
                             .iter()
                             .find(|(pts, _)| *pts == frame.pts)
                             .map_or(input.arrived, |(_, at)| *at);
-                        if !shown.load(Ordering::Relaxed) {
-                            if !frame.keyframe {
-                                continue;
-                            }
+                        if !to.configured {
                             let (sps, pps) = avc::annexb_parameter_sets(&frame.data);
-                            if sps.is_empty() || pps.is_empty() {
+                            if !frame.keyframe || sps.is_empty() || pps.is_empty() {
                                 continue;
                             }
                             let codec = VideoCodec::H264 { sps, pps };
-                            info!(codec = %codec.describe(), "video re-encoded without B-frames");
-                            video.set_codec(Codec::Video(codec));
-                            shown.store(true, Ordering::Relaxed);
+                            info!(track = %to.track.name(), codec = %codec.describe(), "video re-encoded");
+                            to.track.set_codec(Codec::Video(codec));
+                            to.configured = true;
+                            if to.full {
+                                shown.store(true, Ordering::Relaxed);
+                            }
                         }
-                        video.write(Frame::new(frame.pts, frame.keyframe, frame.data, arrived));
+                        to.track
+                            .write(Frame::new(frame.pts, frame.keyframe, frame.data, arrived));
                     }
                 }
             })
@@ -170,16 +235,28 @@ impl VideoWorker {
             started,
             resync: false,
             dropped: 0,
+            full_pending: false,
         })
     }
 
-    /// True once the re-encoded video is on the track: the source's frames go elsewhere.
+    /// Re-encodes the source's size too, without B-frames, onto `video`.
+    pub fn reencode_full(&mut self) {
+        self.full_pending = !matches!(
+            self.tx.try_send(Command::ReencodeFull),
+            Ok(()) | Err(TrySendError::Disconnected(_))
+        );
+    }
+
+    /// True once the re-encoded video is on `video`: the source's frames go elsewhere.
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Relaxed)
     }
 
     /// Queues one access unit; dropped (up to the next keyframe) if the re-encoder is behind.
     pub fn push(&mut self, au: Bytes, pts: u64, keyframe: bool, arrived: Instant) {
+        if self.full_pending {
+            self.reencode_full();
+        }
         if self.resync && !keyframe {
             self.dropped += 1;
             return;
@@ -190,7 +267,7 @@ impl VideoWorker {
             keyframe,
             arrived,
         };
-        match self.tx.try_send(input) {
+        match self.tx.try_send(Command::Frame(input)) {
             Ok(()) => self.resync = false,
             Err(TrySendError::Full(_)) => {
                 self.resync = true;
