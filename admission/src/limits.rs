@@ -32,7 +32,7 @@ impl std::fmt::Debug for IpPermit {
 }
 
 /// The address a client is counted under: IPv4 (IPv4-mapped too) as is, IPv6 by its /64.
-fn key(ip: IpAddr) -> IpAddr {
+pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
@@ -59,7 +59,7 @@ impl PerIp {
         if self.inner.limit == 0 {
             return Ok(IpPermit { inner: None });
         }
-        let ip = key(ip);
+        let ip = client_key(ip);
         let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         let count = held.entry(ip).or_insert(0);
         if *count >= self.inner.limit {

@@ -29,6 +29,7 @@ use media::Bus;
 use tokio::net::UdpSocket;
 
 pub use config::WebRtcConfig;
+pub use http::whip::{bearer, refusal_response};
 pub use http::whip_whep_routes;
 
 use peer::PeerHandle;

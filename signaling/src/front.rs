@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use admission::{Admission, AuthError, Refusal};
+use admission::{Admission, Refusal};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -180,12 +180,6 @@ fn client_ip(request: &Request) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// `https://host[:port]` of a node.
 pub fn node_origin(node: &NodeInfo) -> String {
     match node.ports.https {
@@ -285,7 +279,7 @@ async fn whip(
     }
     let name = match front
         .admission
-        .authorize(&channel, bearer(request.headers()))
+        .authorize(&channel, sfu::bearer(request.headers()))
     {
         Ok(name) => name,
         Err(refusal) => {
@@ -313,20 +307,14 @@ async fn whip(
     front.send(0, node, path, request).await
 }
 
+/// The SFU's answer to a refused publisher, readable by a page on another origin.
 fn refused(refusal: &Refusal) -> Response {
-    match refusal {
-        Refusal::Auth(AuthError::BadName) => text(StatusCode::BAD_REQUEST, refusal.to_string()),
-        Refusal::Auth(_) => (
-            StatusCode::UNAUTHORIZED,
-            [
-                (header::WWW_AUTHENTICATE, "Bearer"),
-                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-            ],
-            format!("{refusal}\n"),
-        )
-            .into_response(),
-        _ => text(StatusCode::CONFLICT, refusal.to_string()),
-    }
+    let mut response = sfu::refusal_response(refusal);
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
 }
 
 async fn whep(

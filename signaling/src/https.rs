@@ -189,7 +189,11 @@ impl Https {
                 return;
             }
         };
-        let nodes = self.routing.nodes();
+        // Only a front looks names up among the nodes (a copy of the table per connection).
+        let nodes = match self.names.public {
+            Some(_) => self.routing.nodes(),
+            None => Vec::new(),
+        };
         let to = destination(&self.names, server_name.as_deref(), &nodes);
         let app = match to {
             Destination::Node => self.node.clone(),

@@ -23,13 +23,6 @@ pub struct RatePerIp {
     refused: AtomicU64,
 }
 
-fn key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    }
-}
-
 impl RatePerIp {
     /// `burst` at once, `per_minute` on average; 0 for either: no limit.
     pub fn new(burst: u32, per_minute: u32) -> Self {
@@ -51,7 +44,7 @@ impl RatePerIp {
         if self.burst == 0.0 || self.per_second == 0.0 {
             return true;
         }
-        let ip = key(ip);
+        let ip = admission::limits::client_key(ip);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if !buckets.contains_key(&ip) && buckets.len() >= self.capacity {
             let (burst, rate) = (self.burst, self.per_second);

@@ -4,7 +4,7 @@
 
 mod resource;
 mod whep;
-mod whip;
+pub(crate) mod whip;
 
 use std::time::{Duration, Instant};
 

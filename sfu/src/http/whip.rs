@@ -100,8 +100,8 @@ pub(super) async fn offer(
     created(format!("/whip/{channel}/{id}"), answer)
 }
 
-/// The bearer token, if the request has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token, if the request has one (also the front's, which checks WHIP keys).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -110,6 +110,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The response for a refused publisher. Logs the channel and reason, never the token.
 fn refused(refusal: &Refusal) -> Response {
     warn!(reason = %refusal, "WHIP publish refused");
+    refusal_response(refusal)
+}
+
+/// What a WHIP publisher is told when refused (also by the front): `400` for a bad name, `401`
+/// for a missing or wrong key, `409` when the channel is live, here or on another node.
+pub fn refusal_response(refusal: &Refusal) -> Response {
     match refusal {
         Refusal::Auth(AuthError::BadName) => text(StatusCode::BAD_REQUEST, refusal.to_string()),
         Refusal::Auth(_) => (
