@@ -195,4 +195,29 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn a_ladder_node_wide_and_per_channel() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "[transcode]\nladder = [{ track = \"video.m\", height = 360, bitrate = 600000 }]\n\
+                 [transcode.channels.radio]\nladder = []\n",
+            )?;
+            let c = Config::load(Some(Path::new("s.toml"))).unwrap();
+            assert_eq!(c.transcode.validate(), Ok(()));
+            assert_eq!(c.transcode.ladder_for("news")[0].height, 360);
+            assert!(c.transcode.ladder_for("radio").is_empty());
+            jail.create_file(
+                "bad.toml",
+                "[transcode]\nladder = [{ track = \"video.m\", height = 360 }]\n",
+            )?;
+            let err = format!(
+                "{:#}",
+                Config::load(Some(Path::new("bad.toml"))).unwrap_err()
+            );
+            assert!(err.contains("bitrate"), "{err}");
+            Ok(())
+        });
+    }
 }

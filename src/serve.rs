@@ -111,6 +111,7 @@ async fn serve(config: Config, banner: bool) -> anyhow::Result<()> {
     let is_front = roles.signaling && config.front.public_name.is_some();
     let mut fronts = crate::fronts::Fronts::bind(&config, roles.ingest, is_front).await?;
     config.srt.validate().map_err(anyhow::Error::msg)?;
+    config.transcode.validate().map_err(anyhow::Error::msg)?;
     let node_id = crate::node::node_id(config.node_id.as_deref())?;
     let registry = crate::registry::open(
         config.redis_url.as_deref(),

@@ -94,10 +94,14 @@ impl Ingest {
 
     /// Starts the broadcast of a channel already authorised (and claimed, in a cluster).
     pub fn start_authorized(&self, channel: ChannelName) -> Result<Publish, Refusal> {
+        let ladder = self
+            .transcoding
+            .as_ref()
+            .map(|budget| budget.ladder_for(channel.as_str()));
         let publish = Publish::new(self.bus().publish(channel)?);
-        Ok(match &self.transcoding {
-            Some(budget) => publish.with_transcoding(budget.clone()),
-            None => publish,
+        Ok(match (&self.transcoding, ladder) {
+            (Some(budget), Some(ladder)) => publish.with_transcoding(budget.clone(), ladder),
+            _ => publish,
         })
     }
 }

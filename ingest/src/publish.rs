@@ -11,6 +11,7 @@ use media::{tracks, AudioCodec, BroadcastProducer, Codec, Frame, TrackProducer, 
 use tracing::{debug, info, warn};
 
 use crate::es;
+use crate::transcode::video::LayerSpec;
 use crate::transcode::video_worker::{Budget, VideoWorker};
 use crate::transcode::AacWorker;
 
@@ -47,7 +48,11 @@ pub struct Publish {
     opus_packets: u64,
     /// Re-encoders of this node, when it has any to give.
     budget: Option<Arc<Budget>>,
-    /// This channel's, once its B-frames called for one.
+    /// This channel's lower layers, made from its H.264 (empty: none).
+    ladder: Vec<LayerSpec>,
+    /// Whether the ladder was started (or could not be).
+    ladder_tried: bool,
+    /// This channel's, once its ladder or its B-frames called for one.
     reencoder: Option<VideoWorker>,
     /// The source video, kept on the bus while `video` is re-encoded.
     original: Option<TrackProducer>,
@@ -77,18 +82,22 @@ impl Publish {
             av1_config: None,
             opus_packets: 0,
             budget: None,
+            ladder: Vec::new(),
+            ladder_tried: false,
             reencoder: None,
             original: None,
         }
     }
 
-    /// Re-encodes H.264 video with B-frames when `budget` has room.
-    pub fn with_transcoding(mut self, budget: Arc<Budget>) -> Self {
+    /// Re-encodes H.264 video with B-frames, and makes `ladder`'s lower layers from H.264,
+    /// when `budget` has room (one place for both).
+    pub fn with_transcoding(mut self, budget: Arc<Budget>, ladder: Vec<LayerSpec>) -> Self {
         self.budget = Some(budget);
+        self.ladder = ladder;
         self
     }
 
-    /// Whether the video is being re-encoded.
+    /// Whether the video is being re-encoded (a ladder, or without B-frames).
     pub fn reencoding(&self) -> bool {
         self.reencoder.is_some()
     }
@@ -96,6 +105,7 @@ impl Publish {
     /// One H.264 access unit onto the bus: as it is, or through the re-encoder once that
     /// runs (the source then on [`ORIGINAL_VIDEO`]).
     fn write_h264(&mut self, frame: Frame) {
+        self.start_ladder();
         if let Some(reencoder) = &mut self.reencoder {
             reencoder.push(
                 frame.payload.clone(),
@@ -122,9 +132,55 @@ impl Publish {
         }
     }
 
-    /// Starts the re-encoder for this channel's H.264, if the node has room.
+    /// Starts the channel's ladder at its first H.264 access unit, if it has one and the node
+    /// has room: the layers on their tracks, keyframes on the source's keyframes.
+    fn start_ladder(&mut self) {
+        if std::mem::replace(&mut self.ladder_tried, true) || self.ladder.is_empty() {
+            return;
+        }
+        let Some(budget) = &self.budget else { return };
+        let Some(slot) = budget.try_take() else {
+            warn!("every video re-encoder is busy (transcode.max_channels); this channel has no ladder");
+            return;
+        };
+        let layers = self
+            .ladder
+            .iter()
+            .map(|spec| {
+                let track = Arc::new(self.broadcast.create_track(&spec.track));
+                (spec.clone(), track)
+            })
+            .collect();
+        match VideoWorker::start_ladder(self.video.clone(), layers, slot) {
+            Ok(worker) => {
+                info!(layers = self.ladder.len(), "video ladder started");
+                self.reencoder = Some(worker);
+            }
+            Err(err) => warn!(%err, "cannot make this channel's ladder"),
+        }
+    }
+
+    /// Re-encodes this channel's H.264 without B-frames onto `video` (the ladder's re-encoder
+    /// if it has one, else one of its own), if the node has room.
     fn start_reencoder(&mut self) -> bool {
-        let (Some(budget), Some(config)) = (&self.budget, &self.avc) else {
+        self.start_ladder();
+        let Some(config) = &self.avc else {
+            return false;
+        };
+        let original = || {
+            let original = self.broadcast.create_track(ORIGINAL_VIDEO);
+            original.set_codec(Codec::Video(VideoCodec::H264 {
+                sps: config.sps.clone(),
+                pps: config.pps.clone(),
+            }));
+            original
+        };
+        if let Some(reencoder) = &mut self.reencoder {
+            reencoder.reencode_full();
+            self.original = Some(original());
+            return true;
+        }
+        let Some(budget) = &self.budget else {
             return false;
         };
         let Some(slot) = budget.try_take() else {
@@ -133,12 +189,7 @@ impl Publish {
         };
         match VideoWorker::start(self.video.clone(), slot) {
             Ok(worker) => {
-                let original = self.broadcast.create_track(ORIGINAL_VIDEO);
-                original.set_codec(Codec::Video(VideoCodec::H264 {
-                    sps: config.sps.clone(),
-                    pps: config.pps.clone(),
-                }));
-                self.original = Some(original);
+                self.original = Some(original());
                 self.reencoder = Some(worker);
                 true
             }

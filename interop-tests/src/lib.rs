@@ -15,7 +15,7 @@ use serde_json::Value;
 pub mod cluster;
 pub mod ftl;
 mod shim;
-pub use shim::Shim;
+pub use shim::{Shim, SHIM_STATE};
 
 /// An RTMP client's handshake (rml_rtmp's); the bytes the server sent after it.
 pub fn rtmp_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
@@ -957,6 +957,49 @@ impl Browser {
     /// The player's state: `window.starling` with inbound video and audio stats.
     pub async fn player(&self) -> Result<Value> {
         self.eval("const s = window.starling || {}; return JSON.parse(JSON.stringify({state: s.state, ttffMs: s.ttffMs, sessions: s.sessions, video: s.video || null, audio: s.audio || null, layer: s.layer || null}));").await
+    }
+
+    /// Evaluates `script` until `check` accepts its value (every 250 ms, up to `limit`).
+    pub async fn wait_until(
+        &self,
+        script: &str,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.eval(script).await?;
+            if check(&v) {
+                return Ok(v);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{what} not reached in {limit:?}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A Chromium tab watching `channel` through `shim` (a bare WHEP viewer whose answer
+    /// points at the shim), once it decodes; and its first state (see [`SHIM_STATE`]).
+    pub async fn watch_through(
+        server: &Server,
+        channel: &str,
+        shim: &Shim,
+    ) -> Result<(Self, Value)> {
+        let viewer = Self::start().await?;
+        viewer.client.goto(&server.url("/healthz")).await?;
+        viewer.eval(&shim::viewer_script(channel, shim)).await?;
+        let state = viewer
+            .wait_until(
+                SHIM_STATE,
+                Duration::from_secs(30),
+                "decoding via the shim",
+                |v| num(v, "video.framesDecoded") > 10.0,
+            )
+            .await?;
+        Ok((viewer, state))
     }
 
     /// Waits until the page's player decodes video and receives audio; its state then.

@@ -142,3 +142,52 @@ impl Drop for Shim {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// A shim viewer's state: its video stats, and its session's `Location` (see
+/// [`crate::Browser::watch_through`]).
+pub const SHIM_STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
+
+/// A bare WHEP viewer whose answer points at the shim instead of the server; its video stats
+/// land in `window.v.video` every 500 ms, the session's `Location` in `window.v.loc`.
+pub(crate) fn viewer_script(channel: &str, shim: &Shim) -> String {
+    r#"
+      window.v = {};
+      (async () => {
+        const pc = new RTCPeerConnection();
+        pc.addTransceiver("video", { direction: "recvonly" });
+        pc.addTransceiver("audio", { direction: "recvonly" });
+        const el = document.createElement("video");
+        el.muted = true; el.autoplay = true; document.body.appendChild(el);
+        pc.ontrack = e => {
+          if (e.track.kind === "video") { el.srcObject = new MediaStream([e.track]); el.play().catch(() => {}); }
+        };
+        await pc.setLocalDescription(await pc.createOffer());
+        await new Promise(r => {
+          if (pc.iceGatheringState === "complete") return r();
+          pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") r(); };
+          setTimeout(r, 1000);
+        });
+        const res = await fetch("/whep/CHANNEL", {
+          method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+        });
+        window.v.loc = res.headers.get("Location");
+        const sdp = (await res.text()).replace(/(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+/g, "$1" + PORT);
+        await pc.setRemoteDescription({ type: "answer", sdp });
+        setInterval(async () => {
+          (await pc.getStats()).forEach(s => {
+            if (s.type === "inbound-rtp" && s.kind === "video") {
+              window.v.video = {
+                framesDecoded: s.framesDecoded, frameWidth: s.frameWidth, nackCount: s.nackCount,
+                packetsLost: s.packetsLost, packetsReceived: s.packetsReceived,
+                retransmittedPacketsReceived: s.retransmittedPacketsReceived,
+                freezeCount: s.freezeCount, pliCount: s.pliCount,
+              };
+            }
+          });
+        }, 500);
+      })();
+      return true;
+    "#
+    .replace("CHANNEL", channel)
+    .replace("PORT", &shim.addr().port().to_string())
+}

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use interop_tests::{num, Browser, Ffmpeg, Server};
+use interop_tests::{num, Browser, Ffmpeg, Server, SHIM_STATE};
+use serde_json::Value;
 
 /// OBS's default x264 settings, as ffmpeg arguments (ffmpeg's push already says veryfast).
 const OBS_DEFAULTS: &[&str] = &[
@@ -18,6 +19,9 @@ const OBS_DEFAULTS: &[&str] = &[
     "-g",
     "60",
 ];
+
+/// The estimate test runs alone: the other two re-encode and decode on the same 2 cores.
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Waits for the channel's notice to say it is re-encoded, then watches 10 s in Chromium:
 /// at least 28 frames decoded a second (the stream has 30), and no freeze.
@@ -55,6 +59,7 @@ async fn plays_smoothly(server: &Server, channel: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn obs_defaults_over_rtmp_play_smoothly() -> Result<()> {
+    let _shared = CPU.read().await;
     let server = Server::start_isolated(None, &[])?;
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("obs"), OBS_DEFAULTS)?;
     plays_smoothly(&server, "obs").await
@@ -62,6 +67,7 @@ async fn obs_defaults_over_rtmp_play_smoothly() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn obs_defaults_over_srt_play_smoothly() -> Result<()> {
+    let _shared = CPU.read().await;
     let server = Server::start_isolated(None, &[])?;
     let _ffmpeg = Ffmpeg::push_srt(
         &server.srt_url("publish:obs"),
@@ -69,4 +75,118 @@ async fn obs_defaults_over_srt_play_smoothly() -> Result<()> {
         &["-c:a", "aac", "-b:a", "96k"],
     )?;
     plays_smoothly(&server, "obs").await
+}
+
+/// Two lower layers for every channel, besides `video` at the source's size.
+const LADDER: &str =
+    "[transcode]\nladder = [{ track = \"video.m\", height = 180, bitrate = 300000 }, \
+                      { track = \"video.l\", height = 90, bitrate = 100000 }]\n";
+
+/// The channel's video tracks that carry something.
+fn video_tracks(server: &Server, channel: &str) -> Result<Vec<String>> {
+    let tracks = server
+        .channel(channel)?
+        .and_then(|c| c["tracks"].as_array().cloned())
+        .unwrap_or_default();
+    Ok(tracks
+        .iter()
+        .filter(|t| t["bitrate"].as_u64().is_some_and(|b| b > 0))
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .filter(|n| n == "video" || n.starts_with("video."))
+        .collect())
+}
+
+/// A ladder from one RTMP stream without B-frames (the source passes as it is on `video`,
+/// `video.m` and `video.l` are made from it): a viewer behind a slow link moves to a lower
+/// layer and decodes there, and back up when the link recovers, with no freeze on the way up.
+/// (Going down, the link drops what does not fit before the estimate shows it, so Chromium
+/// may count a freeze there, as it would for any source.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()> {
+    let _alone = CPU.write().await;
+    let server = Server::start(Some(LADDER))?;
+    let _ffmpeg = Ffmpeg::push_rtmp(
+        &server.rtmp_url("ladder"),
+        &["-bf", "0", "-b:v", "1200k", "-g", "60"],
+    )?;
+    server.wait_for(Duration::from_secs(20), || {
+        Ok(video_tracks(&server, "ladder")?.len() == 3)
+    })?;
+    let channel = server.channel("ladder")?.unwrap_or_default();
+    eprintln!("ladder: {channel}");
+    ensure!(
+        channel["notice"].is_null(),
+        "no B-frames, no re-encode of the source: {channel}"
+    );
+    let shim = interop_tests::Shim::start(server.webrtc)?;
+    let (viewer, joined) = Browser::watch_through(&server, "ladder", &shim).await?;
+    let location = joined["loc"].as_str().unwrap_or_default().to_owned();
+    let layer = |server: &Server| -> Result<Value> {
+        let (status, body) = server.get(&format!("{location}/layer"))?;
+        ensure!(status == 200, "layer status {status}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    };
+    let mut seen = Vec::new();
+    // 800 kbit/s holds `video.m` (~300 kbit/s on the wire) and Opus (~150), not the source's
+    // 1.3 Mbit/s.
+    for (rate, lower) in [(800_000, true), (0, false)] {
+        let before = viewer.eval(SHIM_STATE).await?;
+        shim.set_rate(rate);
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let mut status = layer(&server)?;
+        let reached = |s: &Value| (s["current"] != "video") == lower && s["pending"].is_null();
+        let want = if lower { "a lower layer" } else { "video" };
+        while !reached(&status) {
+            ensure!(
+                Instant::now() < deadline,
+                "not on {want} 45 s after limiting to {rate} bit/s (0: none): {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            status = layer(&server)?;
+        }
+        // Decoding again (going down, after what the link dropped): 10 frames in half a second.
+        let mut at = viewer.eval(SHIM_STATE).await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = viewer.eval(SHIM_STATE).await?;
+            let decoding =
+                num(&now, "video.framesDecoded") >= num(&at, "video.framesDecoded") + 10.0;
+            at = now;
+            if decoding {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no video decoded on {want}: {status}, {at}"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let later = viewer.eval(SHIM_STATE).await?;
+        ensure!(
+            num(&later, "video.framesDecoded") > num(&at, "video.framesDecoded") + 60.0,
+            "video keeps decoding on {want}: {at} -> {later}"
+        );
+        // The way up is the server's doing: it switches at a keyframe of the higher layer while
+        // the lower one plays on. One freeze is allowed for a busy 2-core machine, as in the
+        // WHIP simulcast test.
+        if !lower {
+            let freezes = num(&later, "video.freezeCount") - num(&before, "video.freezeCount");
+            ensure!(
+                freezes <= 1.0,
+                "{freezes} freezes on the way up: {before} -> {later}"
+            );
+        }
+        seen.push(format!(
+            "{} ({} px wide) at {} kbit/s estimate, {} freezes so far",
+            status["current"],
+            num(&later, "video.frameWidth"),
+            num(&status, "estimate") / 1000.0,
+            num(&later, "video.freezeCount"),
+        ));
+    }
+    eprintln!(
+        "layers under throttling: {seen:?}; shim dropped {} packets",
+        shim.dropped()
+    );
+    viewer.close().await
 }

@@ -8,27 +8,6 @@ use anyhow::{ensure, Result};
 use interop_tests::{num, Browser, Ffmpeg, Server};
 use serde_json::Value;
 
-async fn wait_until(
-    browser: &Browser,
-    script: &str,
-    limit: Duration,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = browser.eval(script).await?;
-        if check(&v) {
-            return Ok(v);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{what} not reached in {limit:?}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 const PLAYER: &str = "const s = window.starling || {}; return JSON.parse(JSON.stringify({state: s.state, sessions: s.sessions, video: s.video || null, audio: s.audio || null, layer: s.layer || null}));";
 const PUBLISHER: &str = "return JSON.parse(JSON.stringify(window.starlingPublish || {}));";
 
@@ -45,74 +24,6 @@ fn video_tracks(server: &Server, channel: &str) -> Result<Vec<String>> {
         .filter_map(|t| t["name"].as_str().map(str::to_owned))
         .filter(|n| n.starts_with("video"))
         .collect())
-}
-
-/// The shim viewer's state (see [`shim_viewer`]).
-const STATE: &str = "return JSON.parse(JSON.stringify(window.v));";
-
-/// A Chromium tab watching `channel` through `shim`, once it decodes; and its first state.
-async fn watch_through(
-    server: &Server,
-    channel: &str,
-    shim: &interop_tests::Shim,
-) -> Result<(Browser, Value)> {
-    let viewer = Browser::start().await?;
-    viewer.client.goto(&server.url("/healthz")).await?;
-    viewer.eval(&shim_viewer(channel, shim)).await?;
-    let state = wait_until(
-        &viewer,
-        STATE,
-        Duration::from_secs(30),
-        "decoding via the shim",
-        |v| num(v, "video.framesDecoded") > 10.0,
-    )
-    .await?;
-    Ok((viewer, state))
-}
-
-/// A bare WHEP viewer whose answer points at the shim instead of the server; its video stats
-/// land in `window.v.video` every 500 ms, the session's `Location` in `window.v.loc`.
-fn shim_viewer(channel: &str, shim: &interop_tests::Shim) -> String {
-    r#"
-      window.v = {};
-      (async () => {
-        const pc = new RTCPeerConnection();
-        pc.addTransceiver("video", { direction: "recvonly" });
-        pc.addTransceiver("audio", { direction: "recvonly" });
-        const el = document.createElement("video");
-        el.muted = true; el.autoplay = true; document.body.appendChild(el);
-        pc.ontrack = e => {
-          if (e.track.kind === "video") { el.srcObject = new MediaStream([e.track]); el.play().catch(() => {}); }
-        };
-        await pc.setLocalDescription(await pc.createOffer());
-        await new Promise(r => {
-          if (pc.iceGatheringState === "complete") return r();
-          pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") r(); };
-          setTimeout(r, 1000);
-        });
-        const res = await fetch("/whep/CHANNEL", {
-          method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
-        });
-        window.v.loc = res.headers.get("Location");
-        const sdp = (await res.text()).replace(/(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+/g, "$1" + PORT);
-        await pc.setRemoteDescription({ type: "answer", sdp });
-        setInterval(async () => {
-          (await pc.getStats()).forEach(s => {
-            if (s.type === "inbound-rtp" && s.kind === "video") {
-              window.v.video = {
-                framesDecoded: s.framesDecoded, frameWidth: s.frameWidth, nackCount: s.nackCount,
-                packetsLost: s.packetsLost, packetsReceived: s.packetsReceived,
-                retransmittedPacketsReceived: s.retransmittedPacketsReceived,
-                freezeCount: s.freezeCount, pliCount: s.pliCount,
-              };
-            }
-          });
-        }, 500);
-      })();
-      return true;
-    "#
-    .replace("CHANNEL", channel)
-    .replace("PORT", &shim.addr().port().to_string())
 }
 
 /// Tests here run two at a time, each with two browsers. Those that measure timing in the
@@ -146,14 +57,11 @@ async fn simulcast_and_switch(codec: &str) -> Result<()> {
             "/publish/cam?autostart=1&simulcast=1&key=k3y&codec={codec}"
         )))
         .await?;
-    let p = wait_until(
-        &publisher,
-        PUBLISHER,
-        Duration::from_secs(30),
-        "publisher live",
-        |p| p["state"] == "live" || p["state"] == "error",
-    )
-    .await?;
+    let p = publisher
+        .wait_until(PUBLISHER, Duration::from_secs(30), "publisher live", |p| {
+            p["state"] == "live" || p["state"] == "error"
+        })
+        .await?;
     ensure!(p["state"] == "live", "publisher: {p}");
     ensure!(
         num(&p, "patches") >= 1.0,
@@ -166,19 +74,14 @@ async fn simulcast_and_switch(codec: &str) -> Result<()> {
 
     let viewer = Browser::start().await?;
     viewer.client.goto(&server.url("/watch/cam")).await?;
-    let first = wait_until(
-        &viewer,
-        PLAYER,
-        Duration::from_secs(30),
-        "video decoded",
-        |p| {
+    let first = viewer
+        .wait_until(PLAYER, Duration::from_secs(30), "video decoded", |p| {
             num(p, "video.framesDecoded") > 10.0
                 && p["layer"]["available"]
                     .as_array()
                     .is_some_and(|a| a.len() == 3)
-        },
-    )
-    .await?;
+        })
+        .await?;
     eprintln!(
         "viewer on {} at {}px",
         first["layer"]["current"],
@@ -194,10 +97,11 @@ async fn simulcast_and_switch(codec: &str) -> Result<()> {
             ))
             .await?;
         let before = num(&viewer.eval(PLAYER).await?, "video.framesDecoded");
-        let p = wait_until(&viewer, PLAYER, Duration::from_secs(20), layer, |p| {
-            p["layer"]["current"] == layer && num(p, "video.frameWidth") == width
-        })
-        .await?;
+        let p = viewer
+            .wait_until(PLAYER, Duration::from_secs(20), layer, |p| {
+                p["layer"]["current"] == layer && num(p, "video.frameWidth") == width
+            })
+            .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let later = viewer.eval(PLAYER).await?;
         ensure!(
@@ -237,10 +141,11 @@ async fn simulcast_and_switch(codec: &str) -> Result<()> {
     publisher
         .eval("document.getElementById('stop').click(); return true;")
         .await?;
-    wait_until(&viewer, PLAYER, Duration::from_secs(20), "ended", |p| {
-        p["state"] == "ended"
-    })
-    .await?;
+    viewer
+        .wait_until(PLAYER, Duration::from_secs(20), "ended", |p| {
+            p["state"] == "ended"
+        })
+        .await?;
     viewer.close().await?;
     publisher.close().await
 }
@@ -266,14 +171,17 @@ async fn chromium_publishes_h264_without_simulcast() -> Result<()> {
     })?;
     let viewer = Browser::start().await?;
     viewer.client.goto(&server.url("/watch/h264")).await?;
-    let p = wait_until(
-        &viewer,
-        PLAYER,
-        Duration::from_secs(30),
-        "H.264 decoded with audio",
-        |p| num(p, "video.framesDecoded") > 30.0 && num(p, "audio.totalSamplesReceived") > 48_000.0,
-    )
-    .await?;
+    let p = viewer
+        .wait_until(
+            PLAYER,
+            Duration::from_secs(30),
+            "H.264 decoded with audio",
+            |p| {
+                num(p, "video.framesDecoded") > 30.0
+                    && num(p, "audio.totalSamplesReceived") > 48_000.0
+            },
+        )
+        .await?;
     eprintln!(
         "H.264 from Chromium: {} {}",
         server.channel("h264")?.unwrap_or_default()["tracks"],
@@ -296,10 +204,11 @@ async fn viewer_keeps_its_session_across_a_publisher_reconnect() -> Result<()> {
     })?;
     let viewer = Browser::start().await?;
     viewer.client.goto(&server.url("/watch/back")).await?;
-    wait_until(&viewer, PLAYER, Duration::from_secs(30), "decoding", |p| {
-        num(p, "video.framesDecoded") > 30.0
-    })
-    .await?;
+    viewer
+        .wait_until(PLAYER, Duration::from_secs(30), "decoding", |p| {
+            num(p, "video.framesDecoded") > 30.0
+        })
+        .await?;
 
     ffmpeg.kill();
     server.wait_for(Duration::from_secs(10), || {
@@ -307,28 +216,25 @@ async fn viewer_keeps_its_session_across_a_publisher_reconnect() -> Result<()> {
             .channel("back")?
             .is_some_and(|c| c["state"] == "reconnecting"))
     })?;
-    let during = wait_until(
-        &viewer,
-        PLAYER,
-        Duration::from_secs(10),
-        "reconnecting state",
-        |p| p["state"] == "reconnecting",
-    )
-    .await?;
+    let during = viewer
+        .wait_until(PLAYER, Duration::from_secs(10), "reconnecting state", |p| {
+            p["state"] == "reconnecting"
+        })
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("back"), &args)?;
-    let after = wait_until(
-        &viewer,
-        PLAYER,
-        Duration::from_secs(30),
-        "decoding the new stream",
-        |p| {
-            num(p, "video.framesDecoded") > num(&during, "video.framesDecoded") + 60.0
-                && p["state"] == "live"
-        },
-    )
-    .await?;
+    let after = viewer
+        .wait_until(
+            PLAYER,
+            Duration::from_secs(30),
+            "decoding the new stream",
+            |p| {
+                num(p, "video.framesDecoded") > num(&during, "video.framesDecoded") + 60.0
+                    && p["state"] == "live"
+            },
+        )
+        .await?;
     ensure!(
         num(&after, "sessions") == 1.0,
         "same RTCPeerConnection: {after}"
@@ -359,7 +265,7 @@ async fn a_throttled_viewer_moves_to_a_lower_layer_and_back() -> Result<()> {
         Ok(video_tracks(&server, "slow")?.len() == 3)
     })?;
 
-    let (viewer, joined) = watch_through(&server, "slow", &shim).await?;
+    let (viewer, joined) = Browser::watch_through(&server, "slow", &shim).await?;
     let location = joined["loc"].as_str().unwrap_or_default().to_owned();
     let layer = |server: &Server| -> Result<Value> {
         let (status, body) = server.get(&format!("{location}/layer"))?;
@@ -384,9 +290,9 @@ async fn a_throttled_viewer_moves_to_a_lower_layer_and_back() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             status = layer(&server)?;
         }
-        let at = viewer.eval(STATE).await?;
+        let at = viewer.eval(interop_tests::SHIM_STATE).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let later = viewer.eval(STATE).await?;
+        let later = viewer.eval(interop_tests::SHIM_STATE).await?;
         ensure!(
             num(&later, "video.framesDecoded") > num(&at, "video.framesDecoded") + 15.0,
             "video keeps decoding on {want}: {at} -> {later}"
@@ -428,11 +334,11 @@ async fn a_lossy_viewer_gets_lost_packets_back_by_nack_and_rtx() -> Result<()> {
         Ok(server.channel("lossy")?.is_some())
     })?;
     let shim = interop_tests::Shim::start(server.webrtc)?;
-    let (viewer, before) = watch_through(&server, "lossy", &shim).await?;
+    let (viewer, before) = Browser::watch_through(&server, "lossy", &shim).await?;
 
     shim.lose_every(25);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let after = viewer.eval(STATE).await?;
+    let after = viewer.eval(interop_tests::SHIM_STATE).await?;
     let (lost, nacks) = (shim.lost(), num(&after, "video.nackCount"));
     let resent = num(&after, "video.retransmittedPacketsReceived");
     let decoded = num(&after, "video.framesDecoded") - num(&before, "video.framesDecoded");

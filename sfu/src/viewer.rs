@@ -548,7 +548,12 @@ impl Viewer {
             }
             ResendBuffer::RenewAt(at) if arrived >= at => {
                 let mid = line.mid;
-                crate::http::keep_for_resends(&mut self.rtc, &[(mid, MediaKind::Video)], false);
+                crate::http::keep_for_resends(
+                    &mut self.rtc,
+                    &[(mid, MediaKind::Video)],
+                    false,
+                    !self.own_media,
+                );
                 if let Some(out) = line.out.as_mut() {
                     out.joined();
                 }

@@ -5,7 +5,7 @@
 //! elsewhere). Its output goes to the channel's `video` track, whose codec it sets from the
 //! parameter sets of its first keyframe.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -35,7 +35,23 @@ pub struct TranscodeConfig {
     pub bitrate: usize,
     /// x264 preset.
     pub preset: String,
+    /// Lower layers every H.264 channel gets (empty: none), besides `video` at the source's
+    /// size; each ladder takes one of `max_channels`.
+    pub ladder: Vec<LayerSpec>,
+    /// A channel's own ladder instead of the node's (an empty one: none for that channel).
+    pub channels: BTreeMap<String, ChannelTranscode>,
 }
+
+/// `[transcode.channels.NAME]`: one channel's transcoding.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelTranscode {
+    /// This channel's ladder.
+    pub ladder: Vec<LayerSpec>,
+}
+
+/// Layers in a ladder at most (besides `video`).
+pub const MAX_LAYERS: usize = 3;
 
 impl Default for TranscodeConfig {
     fn default() -> Self {
@@ -43,7 +59,73 @@ impl Default for TranscodeConfig {
             max_channels: 2,
             bitrate: 2_500_000,
             preset: "veryfast".into(),
+            ladder: Vec::new(),
+            channels: BTreeMap::new(),
         }
+    }
+}
+
+impl TranscodeConfig {
+    /// The ladder `channel` gets.
+    pub fn ladder_for(&self, channel: &str) -> &[LayerSpec] {
+        self.channels
+            .get(channel)
+            .map_or(&self.ladder, |c| &c.ladder)
+    }
+
+    /// Checks what `serve` would otherwise find out at a publisher's first frame.
+    pub fn validate(&self) -> Result<(), String> {
+        let ladders = std::iter::once(("transcode.ladder".to_owned(), &self.ladder)).chain(
+            self.channels
+                .iter()
+                .map(|(name, c)| (format!("transcode.channels.{name}.ladder"), &c.ladder)),
+        );
+        for (key, ladder) in ladders {
+            if ladder.len() > MAX_LAYERS {
+                return Err(format!("{key}: at most {MAX_LAYERS} layers"));
+            }
+            for (i, layer) in ladder.iter().enumerate() {
+                let name = &layer.track;
+                if !name.starts_with("video.") || name.len() > 32 {
+                    return Err(format!(
+                        "{key}: track {name:?} must be a layer name like \"video.m\""
+                    ));
+                }
+                if ladder[..i].iter().any(|l| &l.track == name) {
+                    return Err(format!("{key}: track {name:?} twice"));
+                }
+                if !(16..=2160).contains(&layer.height) {
+                    return Err(format!("{key}: {name} height must be 16 to 2160"));
+                }
+                if !(30_000..=20_000_000).contains(&layer.bitrate) {
+                    return Err(format!(
+                        "{key}: {name} bitrate must be 30000 to 20000000 bits/s"
+                    ));
+                }
+            }
+        }
+        const PRESETS: &[&str] = &[
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+        ];
+        if !PRESETS.contains(&self.preset.as_str()) {
+            return Err(format!(
+                "transcode.preset {:?} is not an x264 preset ({})",
+                self.preset,
+                PRESETS.join(", ")
+            ));
+        }
+        if !(100_000..=50_000_000).contains(&self.bitrate) {
+            return Err("transcode.bitrate must be 100000 to 50000000 bits/s".into());
+        }
+        Ok(())
     }
 }
 
@@ -86,6 +168,11 @@ impl Budget {
     /// Re-encoders running now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// The ladder `channel` gets (see [`TranscodeConfig::ladder_for`]).
+    pub fn ladder_for(&self, channel: &str) -> Vec<LayerSpec> {
+        self.config.ladder_for(channel).to_vec()
     }
 
     fn settings(&self) -> VideoSettings {
@@ -139,9 +226,7 @@ impl VideoWorker {
     }
 
     /// Starts a ladder's `layers` (each onto its track), in `slot` of the node's budget;
-    /// `video` is re-encoded too once [`VideoWorker::reencode_full`] asks. Not offered to
-    /// publishers yet: Chromium stopped decoding after the SFU switched a viewer from `video`
-    /// to a ladder layer (the layers decode on their own; issue 19 notes).
+    /// `video` is re-encoded too once [`VideoWorker::reencode_full`] asks.
     pub fn start_ladder(
         video: Arc<TrackProducer>,
         layers: Vec<(LayerSpec, Arc<TrackProducer>)>,
@@ -305,5 +390,96 @@ mod tests {
             ..TranscodeConfig::default()
         });
         assert!(none.try_take().is_none());
+    }
+
+    fn layer(track: &str, height: u32, bitrate: usize) -> LayerSpec {
+        LayerSpec {
+            track: track.into(),
+            height,
+            bitrate,
+        }
+    }
+
+    #[test]
+    fn a_channel_has_its_own_ladder_or_the_nodes() {
+        let mut channels = BTreeMap::new();
+        channels.insert("radio".to_owned(), ChannelTranscode::default());
+        channels.insert(
+            "big".to_owned(),
+            ChannelTranscode {
+                ladder: vec![
+                    layer("video.m", 540, 1_200_000),
+                    layer("video.l", 270, 400_000),
+                ],
+            },
+        );
+        let config = TranscodeConfig {
+            ladder: vec![layer("video.m", 360, 600_000)],
+            channels,
+            ..TranscodeConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.ladder_for("news"), [layer("video.m", 360, 600_000)]);
+        assert!(config.ladder_for("radio").is_empty());
+        assert_eq!(config.ladder_for("big").len(), 2);
+        assert!(TranscodeConfig::default().ladder_for("any").is_empty());
+    }
+
+    #[test]
+    fn a_ladder_that_could_not_work_is_refused_at_start() {
+        let with = |ladder: Vec<LayerSpec>| TranscodeConfig {
+            ladder,
+            ..TranscodeConfig::default()
+        };
+        let refused = [
+            (with(vec![layer("video", 360, 600_000)]), "layer name"),
+            (
+                with(vec![layer("original.video", 360, 600_000)]),
+                "layer name",
+            ),
+            (
+                with(vec![
+                    layer("video.m", 360, 600_000),
+                    layer("video.m", 180, 200_000),
+                ]),
+                "twice",
+            ),
+            (with(vec![layer("video.m", 8, 600_000)]), "height"),
+            (with(vec![layer("video.m", 360, 1_000)]), "bitrate"),
+            (
+                with(vec![
+                    layer("video.a", 360, 600_000),
+                    layer("video.b", 360, 600_000),
+                    layer("video.c", 360, 600_000),
+                    layer("video.d", 360, 600_000),
+                ]),
+                "at most",
+            ),
+            (
+                TranscodeConfig {
+                    preset: "warp".into(),
+                    ..TranscodeConfig::default()
+                },
+                "preset",
+            ),
+        ];
+        for (config, why) in refused {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let mut channels = BTreeMap::new();
+        channels.insert(
+            "x".to_owned(),
+            ChannelTranscode {
+                ladder: vec![layer("video", 360, 600_000)],
+            },
+        );
+        let err = TranscodeConfig {
+            channels,
+            ..TranscodeConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.contains("transcode.channels.x.ladder"), "{err}");
     }
 }

@@ -89,7 +89,8 @@ pub(super) async fn offer(
         Ok(a) => a,
         Err(response) => return *response,
     };
-    keep_for_resends(&mut rtc, &added, true);
+    let own_media = rtp_mode && !layered;
+    keep_for_resends(&mut rtc, &added, true, !own_media);
 
     // A viewer that cannot decode the stream's video hears why now, not as a black screen.
     if let Some(codec) = video_codec {
@@ -136,7 +137,7 @@ pub(super) async fn offer(
         added,
         joined: Instant::now(),
         rtp_mode,
-        own_media: rtp_mode && !layered,
+        own_media,
         keys: None,
     };
     tokio::spawn(viewer.run().instrument(span));
