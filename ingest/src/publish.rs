@@ -11,7 +11,8 @@ use media::{tracks, AudioCodec, BroadcastProducer, Codec, Frame, TrackProducer, 
 use tracing::{debug, info, warn};
 
 use crate::es;
-use crate::transcode::video::LayerSpec;
+use crate::transcode::on_demand::OnDemand;
+use crate::transcode::video::{LayerSpec, Source};
 use crate::transcode::video_worker::{Budget, VideoWorker};
 use crate::transcode::AacWorker;
 
@@ -56,6 +57,8 @@ pub struct Publish {
     reencoder: Option<VideoWorker>,
     /// The source video, kept on the bus while `video` is re-encoded.
     original: Option<TrackProducer>,
+    /// H.264 for viewers that cannot decode this channel's H.265 or AV1.
+    on_demand: Option<OnDemand>,
 }
 
 /// Opus packets passed through start a group on the bus every second (50 x 20 ms).
@@ -86,6 +89,7 @@ impl Publish {
             ladder_tried: false,
             reencoder: None,
             original: None,
+            on_demand: None,
         }
     }
 
@@ -361,8 +365,24 @@ impl Publish {
             data.clone()
         };
         self.video_frames += 1;
-        self.video
-            .write(Frame::new(pts_ms * 90, keyframe, payload, arrived));
+        self.write_for_h264(
+            Source::Av1,
+            Frame::new(pts_ms * 90, keyframe, payload, arrived),
+        );
+    }
+
+    /// A frame of H.265 or AV1 onto `video`, and to the H.264 made from it while a viewer
+    /// needs that (offered once the node has re-encoders).
+    fn write_for_h264(&mut self, source: Source, frame: Frame) {
+        if self.on_demand.is_none() {
+            if let Some(budget) = self.budget.as_ref().filter(|b| b.max_channels() > 0) {
+                self.on_demand = Some(OnDemand::offer(source, &self.broadcast, budget.clone()));
+            }
+        }
+        if let Some(on_demand) = &mut self.on_demand {
+            on_demand.push(&frame);
+        }
+        self.video.write(frame);
     }
 
     /// One H.265 access unit in Annex B (parameter sets travel in band), PTS at 90 kHz.
@@ -379,8 +399,7 @@ impl Publish {
         });
         self.note_bframes(pts != dts);
         self.video_frames += 1;
-        self.video
-            .write(Frame::new(pts, keyframe, au.clone(), arrived));
+        self.write_for_h264(Source::H265, Frame::new(pts, keyframe, au.clone(), arrived));
     }
 
     /// A run of ADTS AAC frames (MPEG-TS), the first at `timestamp_ms`.

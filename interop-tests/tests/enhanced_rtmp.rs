@@ -16,7 +16,7 @@ use rml_rtmp::sessions::{
 };
 use rml_rtmp::time::RtmpTimestamp;
 
-use interop_tests::{watch_h265, Server};
+use interop_tests::{num, watch_h265, Server};
 
 /// Two or three seconds of the test pattern encoded by ffmpeg with `codec_args` into the raw
 /// format `format`.
@@ -181,9 +181,12 @@ impl Publisher {
     }
 }
 
-#[test]
-fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
-    let server = Server::start_isolated(None, &[])?;
+/// H.265 over enhanced RTMP: a viewer that offers H.265 gets it as it is; Chromium, which
+/// offers no H.265, gets H.264 transcoded for it on demand (and the player says so), and the
+/// transcoder stops a while after Chromium leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265_and_chromium() -> Result<()> {
+    let server = Server::start_isolated(Some("[transcode]\non_demand_idle_secs = 2\n"), &[])?;
     let units = hevc_access_units()?;
     ensure!(units.len() >= 60, "{} access units", units.len());
     let mut publisher = Publisher::connect(server.rtmp, "studio")?;
@@ -196,7 +199,7 @@ fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
     let tags = units
         .iter()
         .cycle()
-        .take(240)
+        .take(900)
         .map(|au| {
             let key = avc::avcc_nal_units(au, 4)?.iter().any(|u| hevc::is_irap(u));
             // CodedFrames: frame type key (1) or inter (2), composition time 0.
@@ -219,6 +222,53 @@ fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265() -> Result<()> {
         frames >= 60 && keyframes >= 1,
         "{frames} frames, {keyframes} keyframes"
     );
+    ensure!(
+        !server.log().contains("a viewer needs H.264"),
+        "no transcoder for a viewer that decodes H.265:\n{}",
+        server.log()
+    );
+
+    let browser = interop_tests::Browser::start().await?;
+    browser.client.goto(&server.url("/watch/studio")).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let p = browser.player().await?;
+        if num(&p, "video.framesDecoded") > 0.0 {
+            break p;
+        }
+        ensure!(Instant::now() < deadline, "Chromium decoded nothing: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = browser.player().await?;
+    let decoded = num(&later, "video.framesDecoded") - num(&first, "video.framesDecoded");
+    let notice = browser
+        .eval("return document.getElementById('notice').textContent;")
+        .await?;
+    eprintln!("Chromium: {decoded} frames in 4 s; notice {notice}; {later}");
+    ensure!(
+        decoded >= 100.0,
+        "Chromium decodes the H.264 made for it: {first} -> {later}"
+    );
+    ensure!(
+        later["video"]["codecId"]
+            .as_str()
+            .is_some_and(|c| c.contains("packetization-mode")),
+        "H.264 (its fmtp): {later}"
+    );
+    ensure!(
+        notice
+            .as_str()
+            .is_some_and(|n| n.contains("transcodes it to H.264")),
+        "the player says why: {notice}"
+    );
+    // Leaving the page hangs up (DELETE); nobody needs H.264 any more, and the transcoder
+    // stops (on_demand_idle_secs = 2).
+    browser.client.goto("about:blank").await?;
+    browser.close().await?;
+    server.wait_for(Duration::from_secs(15), || {
+        Ok(server.log().contains("transcoder stopped"))
+    })?;
     sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;

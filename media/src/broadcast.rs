@@ -166,7 +166,7 @@ impl BroadcastProducer {
         self.shared
             .lock()
             .tracks
-            .insert(name.to_owned(), producer.consume());
+            .insert(name.to_owned(), producer.consume_uncounted());
         self.shared.notify.notify_waiters();
         producer
     }

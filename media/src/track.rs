@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -88,6 +88,8 @@ struct Shared {
     wakers: Wakers,
     /// Shared by every track of a broadcast: wakes the publisher when a keyframe is wanted.
     keyframe_notify: Arc<Notify>,
+    /// Consumers reading it now: a producer that makes the track only on demand asks.
+    consumers: AtomicUsize,
 }
 
 impl Shared {
@@ -134,6 +136,7 @@ impl TrackProducer {
             closed: AtomicBool::new(false),
             wakers: Wakers::default(),
             keyframe_notify,
+            consumers: AtomicUsize::new(0),
         };
         Self {
             shared: Arc::new(shared),
@@ -194,7 +197,13 @@ impl TrackProducer {
 
     /// A consumer that starts at the latest group.
     pub fn consume(&self) -> TrackConsumer {
-        TrackConsumer::new(self.shared.clone())
+        TrackConsumer::new(self.shared.clone(), true)
+    }
+
+    /// A consumer left out of [`TrackProducer::consumers`]: the broadcast's own, which others
+    /// are cloned from.
+    pub(crate) fn consume_uncounted(&self) -> TrackConsumer {
+        TrackConsumer::new(self.shared.clone(), false)
     }
 
     /// Sequence number of the latest group, if any.
@@ -223,6 +232,19 @@ impl TrackProducer {
     /// True while a keyframe request is pending.
     pub fn keyframe_wanted(&self) -> bool {
         self.shared.lock().keyframe_wanted
+    }
+
+    /// Consumers of the track now (a look at the track's name or codec makes one, briefly).
+    pub fn consumers(&self) -> usize {
+        self.shared.consumers.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TrackConsumer {
+    fn drop(&mut self) {
+        if self.counted {
+            self.shared.consumers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -308,12 +330,14 @@ pub struct TrackConsumer {
     group: Option<Arc<Group>>,
     waiter: Waiter,
     stats: TrackStats,
+    /// Counted in [`TrackProducer::consumers`].
+    counted: bool,
 }
 
 impl Clone for TrackConsumer {
     /// A fresh consumer of the same track, starting at the latest group.
     fn clone(&self) -> Self {
-        Self::new(self.shared.clone())
+        Self::new(self.shared.clone(), true)
     }
 }
 
@@ -324,7 +348,7 @@ enum Next {
 }
 
 impl TrackConsumer {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, counted: bool) -> Self {
         // Fix the starting point now, so frames written after subscribing are not skipped.
         let pos = shared
             .lock()
@@ -332,12 +356,16 @@ impl TrackConsumer {
             .back()
             .map(|c| start_of_newest(&c.group));
         let waiter = shared.wakers.waiter();
+        if counted {
+            shared.consumers.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             shared,
             pos,
             group: None,
             waiter,
             stats: TrackStats::default(),
+            counted,
         }
     }
 
@@ -626,6 +654,21 @@ mod tests {
 
     fn frame(ts: u64, keyframe: bool) -> Frame {
         Frame::new(ts, keyframe, Bytes::from_static(b"frame"), Instant::now())
+    }
+
+    #[test]
+    fn the_producer_sees_how_many_consume() {
+        let t = track(TrackLimits::default());
+        assert_eq!(t.consumers(), 0);
+        let own = t.consume_uncounted();
+        assert_eq!(t.consumers(), 0);
+        let a = own.clone();
+        let b = a.clone();
+        assert_eq!(t.consumers(), 2);
+        drop(a);
+        assert_eq!(t.consumers(), 1);
+        drop(b);
+        assert_eq!(t.consumers(), 0);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub(crate) struct Viewer {
     pub(crate) own_media: bool,
     /// The session's SRTP keys, once DTLS has made them (AEAD profiles only).
     pub(crate) keys: Option<Keys>,
+    /// The one video track this viewer gets instead of the layers (H.264 made on demand for a
+    /// viewer that cannot decode the stream's codec).
+    pub(crate) video_track: Option<&'static str>,
 }
 
 /// One outgoing media line and where its frames come from.
@@ -252,10 +255,10 @@ impl Viewer {
                         out.on_datagram(&d.data);
                     }
                 }
-                e = line_event(&mut video, &self.broadcast), if connected => {
+                e = line_event(&mut video, &self.broadcast, self.video_track), if connected => {
                     self.on_line_event(c, &mut video, e);
                 }
-                e = line_event(&mut audio, &self.broadcast), if connected => {
+                e = line_event(&mut audio, &self.broadcast, None), if connected => {
                     self.on_line_event(c, &mut audio, e);
                 }
                 _ = tick.tick(), if connected => self.choose_layer(c, &mut video),
@@ -407,6 +410,9 @@ impl Viewer {
     /// The layer a new viewer starts on: the top one by bitrate, or any video track while
     /// bitrates are not known yet.
     fn first_video_layer(&self) -> Option<TrackConsumer> {
+        if let Some(name) = self.video_track {
+            return self.broadcast.track(name);
+        }
         let layers = video_layers(&self.broadcast, Instant::now());
         let name = choose(&layers, None, None, None)
             .map(str::to_owned)
@@ -592,6 +598,9 @@ impl Viewer {
     /// Revisits the layer: the viewer's choice, or what the estimate allows.
     fn choose_layer(&mut self, c: &Counters, video: &mut Option<Line>) {
         let Some(line) = video.as_mut() else { return };
+        if self.video_track.is_some() {
+            return;
+        }
         let layers = video_layers(&self.broadcast, Instant::now());
         let mut status = self.lock_status();
         status.available = layers.clone();
@@ -713,14 +722,21 @@ fn payload_type(
         .map(|p| (p.pt(), want))
 }
 
-async fn line_event(line: &mut Option<Line>, broadcast: &BroadcastConsumer) -> LineEvent {
+/// The next thing to happen on `line`; `video_track` is the viewer's one video track, if it
+/// does not take the layers.
+async fn line_event(
+    line: &mut Option<Line>,
+    broadcast: &BroadcastConsumer,
+    video_track: Option<&str>,
+) -> LineEvent {
     let Some(l) = line else {
         return std::future::pending().await;
     };
     let Some(current) = l.current.as_mut() else {
-        let found = match l.kind {
-            MediaKind::Video => broadcast.live_track_where(tracks::is_video).await,
-            MediaKind::Audio => broadcast.live_track(tracks::AUDIO_OPUS).await,
+        let found = match (l.kind, video_track) {
+            (MediaKind::Video, Some(name)) => broadcast.live_track(name).await,
+            (MediaKind::Video, None) => broadcast.live_track_where(tracks::is_video).await,
+            (MediaKind::Audio, _) => broadcast.live_track(tracks::AUDIO_OPUS).await,
         };
         return found.map_or(LineEvent::Gone, LineEvent::Resumed);
     };

@@ -2,6 +2,7 @@
 //! linear resampler brings it to 48 kHz, libopus encodes 20 ms stereo packets.
 
 mod clock;
+pub mod on_demand;
 mod resample;
 pub mod video;
 pub mod video_worker;

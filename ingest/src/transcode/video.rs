@@ -1,6 +1,7 @@
-//! H.264 with B-frames in, H.264 without out (issue 19's first piece; not wired to publishers
-//! yet): libavcodec decodes, libx264 encodes with zero-latency tuning and no B-frames, so
-//! WebRTC receivers, which do not reorder, play every frame. Through ffmpeg-next over Debian's
+//! Video in (H.264 with B-frames, or H.265 or AV1), H.264 without B-frames out, at the
+//! source's size and at a ladder's lower ones: libavcodec decodes, libx264 encodes with
+//! zero-latency tuning and no B-frames, so WebRTC receivers, which do not reorder, play every
+//! frame. Through ffmpeg-next over Debian's
 //! FFmpeg (5.1), the library made for this, rather than bindings of our own.
 //!
 //! Measured (`cargo bench -p ingest --bench reencode`, one core of this 2-core Xeon): a 720p30
@@ -94,6 +95,27 @@ impl Output {
     }
 }
 
+/// What a [`Reencode`] decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Annex B access units.
+    H264,
+    /// Annex B access units, parameter sets in band.
+    H265,
+    /// Temporal units of low-overhead OBUs, the sequence header in front of keyframes.
+    Av1,
+}
+
+impl Source {
+    fn codec_id(self) -> ff::codec::Id {
+        match self {
+            Source::H264 => ff::codec::Id::H264,
+            Source::H265 => ff::codec::Id::HEVC,
+            Source::Av1 => ff::codec::Id::AV1,
+        }
+    }
+}
+
 /// A decoder and its outputs, each encoded with libx264 once the first picture shows the size.
 /// Every output makes a keyframe where the source has one (and none elsewhere, scene cuts
 /// included, within the keyframe interval), so a viewer can switch between layers at any of
@@ -102,6 +124,8 @@ pub struct Reencode {
     decoder: ff::decoder::Video,
     outputs: Vec<Output>,
     picture: ff::frame::Video,
+    /// The next picture is a keyframe in every output (asked for by a viewer).
+    keyframe_next: bool,
 }
 
 fn setup(err: ff::Error) -> VideoError {
@@ -115,25 +139,26 @@ fn codec(err: ff::Error) -> VideoError {
 impl Reencode {
     /// A re-encoder of H.264 at the source's size with `settings`: output 0.
     pub fn new(settings: VideoSettings) -> Result<Self, VideoError> {
-        let mut reencode = Self::decoder_only()?;
+        let mut reencode = Self::decoder_only(Source::H264)?;
         reencode.add_full(settings);
         Ok(reencode)
     }
 
-    /// A decoder with no outputs yet.
-    pub fn decoder_only() -> Result<Self, VideoError> {
+    /// A decoder of `source` with no outputs yet.
+    pub fn decoder_only(source: Source) -> Result<Self, VideoError> {
         ff::init().map_err(setup)?;
         // libavcodec and libx264 talk on stderr; only their errors belong in a node's log.
         ff::log::set_level(ff::log::Level::Error);
-        let h264 = ff::decoder::find(ff::codec::Id::H264)
-            .ok_or_else(|| VideoError::Setup("no H.264 decoder in libavcodec".into()))?;
-        let mut context = ff::codec::Context::new_with_codec(h264);
+        let decoder = ff::decoder::find(source.codec_id())
+            .ok_or_else(|| VideoError::Setup(format!("no {source:?} decoder in libavcodec")))?;
+        let mut context = ff::codec::Context::new_with_codec(decoder);
         context.set_time_base(TIME_BASE);
         let decoder = context.decoder().video().map_err(setup)?;
         Ok(Self {
             decoder,
             outputs: Vec::new(),
             picture: ff::frame::Video::empty(),
+            keyframe_next: false,
         })
     }
 
@@ -155,6 +180,12 @@ impl Reencode {
         self.outputs.len() - 1
     }
 
+    /// Makes the next picture out of the decoder a keyframe in every output (they stay
+    /// aligned), for a viewer that asked for one.
+    pub fn keyframe_next(&mut self) {
+        self.keyframe_next = true;
+    }
+
     /// One access unit (Annex B) presented at `pts` (90 kHz); what the outputs have ready,
     /// each with its output's index.
     pub fn push(&mut self, au: &[u8], pts: u64) -> Result<Vec<(usize, EncodedFrame)>, VideoError> {
@@ -164,7 +195,7 @@ impl Reencode {
         let mut out = Vec::new();
         while self.decoder.receive_frame(&mut self.picture).is_ok() {
             let pts = self.picture.pts().or(self.picture.timestamp());
-            let kind = if self.picture.is_key() {
+            let kind = if self.picture.is_key() || std::mem::take(&mut self.keyframe_next) {
                 ff::picture::Type::I
             } else {
                 ff::picture::Type::None
@@ -382,7 +413,7 @@ mod tests {
     #[test]
     fn a_ladder_keyframes_on_the_same_pictures_in_every_layer() {
         let input = samples::obs_like(320, 240, 90);
-        let mut reencode = Reencode::decoder_only().unwrap();
+        let mut reencode = Reencode::decoder_only(Source::H264).unwrap();
         let full = reencode.add_full(VideoSettings::default());
         let spec = |track: &str, height| LayerSpec {
             track: track.into(),

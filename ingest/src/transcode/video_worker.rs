@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use media::bitstream::avc;
@@ -17,10 +17,13 @@ use media::{Codec, Frame, TrackProducer, VideoCodec};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
-use super::video::{LayerSpec, Reencode, VideoError, VideoSettings};
+use super::video::{LayerSpec, Reencode, Source, VideoError, VideoSettings};
 
 /// Access units waiting for the re-encoder (about a second at 30 fps).
 const QUEUE: usize = 32;
+/// Keyframes made on viewers' requests, at most one in this time (each costs the bits of a
+/// keyframe in every output).
+const FORCED_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// Arrival times kept to stamp output frames with their input's (more than any reorder depth).
 const ARRIVALS: usize = 64;
 
@@ -40,6 +43,9 @@ pub struct TranscodeConfig {
     pub ladder: Vec<LayerSpec>,
     /// A channel's own ladder instead of the node's (an empty one: none for that channel).
     pub channels: BTreeMap<String, ChannelTranscode>,
+    /// H.264 made for viewers that cannot decode a channel's H.265 or AV1 stops this long
+    /// after the last of them leaves.
+    pub on_demand_idle_secs: u64,
 }
 
 /// `[transcode.channels.NAME]`: one channel's transcoding.
@@ -61,6 +67,7 @@ impl Default for TranscodeConfig {
             preset: "veryfast".into(),
             ladder: Vec::new(),
             channels: BTreeMap::new(),
+            on_demand_idle_secs: 30,
         }
     }
 }
@@ -165,6 +172,11 @@ impl Budget {
             .map(|_| Slot(self.clone()))
     }
 
+    /// Re-encoders allowed at once.
+    pub fn max_channels(&self) -> usize {
+        self.config.max_channels
+    }
+
     /// Re-encoders running now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
@@ -173,6 +185,11 @@ impl Budget {
     /// The ladder `channel` gets (see [`TranscodeConfig::ladder_for`]).
     pub fn ladder_for(&self, channel: &str) -> Vec<LayerSpec> {
         self.config.ladder_for(channel).to_vec()
+    }
+
+    /// How long on-demand H.264 runs on without viewers.
+    pub fn on_demand_idle(&self) -> Duration {
+        Duration::from_secs(self.config.on_demand_idle_secs)
     }
 
     fn settings(&self) -> VideoSettings {
@@ -218,23 +235,44 @@ pub struct VideoWorker {
 }
 
 impl VideoWorker {
-    /// Starts re-encoding into `video`, in `slot` of the node's budget.
+    /// Starts re-encoding H.264 into `video`, in `slot` of the node's budget.
     pub fn start(video: Arc<TrackProducer>, slot: Slot) -> Result<Self, VideoError> {
         let mut worker = Self::start_ladder(video, Vec::new(), slot)?;
         worker.reencode_full();
         Ok(worker)
     }
 
-    /// Starts a ladder's `layers` (each onto its track), in `slot` of the node's budget;
-    /// `video` is re-encoded too once [`VideoWorker::reencode_full`] asks.
+    /// Starts transcoding `source` video to H.264 at its size onto `out`, in `slot` of the
+    /// node's budget.
+    pub fn start_h264(
+        source: Source,
+        out: Arc<TrackProducer>,
+        slot: Slot,
+    ) -> Result<Self, VideoError> {
+        let mut worker = Self::spawn(source, out, Vec::new(), slot)?;
+        worker.reencode_full();
+        Ok(worker)
+    }
+
+    /// Starts a ladder's `layers` (each onto its track) from H.264, in `slot` of the node's
+    /// budget; `video` is re-encoded too once [`VideoWorker::reencode_full`] asks.
     pub fn start_ladder(
         video: Arc<TrackProducer>,
         layers: Vec<(LayerSpec, Arc<TrackProducer>)>,
         slot: Slot,
     ) -> Result<Self, VideoError> {
+        Self::spawn(Source::H264, video, layers, slot)
+    }
+
+    fn spawn(
+        source: Source,
+        video: Arc<TrackProducer>,
+        layers: Vec<(LayerSpec, Arc<TrackProducer>)>,
+        slot: Slot,
+    ) -> Result<Self, VideoError> {
         let settings = slot.0.settings();
-        // Fails here, before a thread starts, if libavcodec has no H.264 decoder.
-        drop(Reencode::decoder_only()?);
+        // Fails here, before a thread starts, if libavcodec has no decoder for the source.
+        drop(Reencode::decoder_only(source)?);
         let mut destinations = Vec::new();
         for (_, track) in &layers {
             destinations.push(Destination {
@@ -251,7 +289,7 @@ impl VideoWorker {
             .spawn(move || {
                 let _slot = slot;
                 // Made on this thread: libswscale's context may not move between threads.
-                let mut reencode = match Reencode::decoder_only() {
+                let mut reencode = match Reencode::decoder_only(source) {
                     Ok(reencode) => reencode,
                     Err(err) => return warn!(%err, "video re-encoder did not start"),
                 };
@@ -260,6 +298,7 @@ impl VideoWorker {
                 }
                 let mut arrivals: VecDeque<(u64, Instant)> = VecDeque::with_capacity(ARRIVALS);
                 let mut waiting_for_keyframe = true;
+                let mut last_forced: Option<Instant> = None;
                 for command in rx {
                     let input = match command {
                         Command::ReencodeFull => {
@@ -277,6 +316,18 @@ impl VideoWorker {
                         continue;
                     }
                     waiting_for_keyframe = false;
+                    // A viewer's request (the bus makes one of many) is a keyframe in every
+                    // output at the next picture, at most one a FORCED_KEYFRAME_INTERVAL.
+                    let due = last_forced
+                        .is_none_or(|at| input.arrived.duration_since(at) >= FORCED_KEYFRAME_INTERVAL);
+                    if due
+                        && destinations
+                            .iter()
+                            .any(|d| d.configured && d.track.take_keyframe_request())
+                    {
+                        reencode.keyframe_next();
+                        last_forced = Some(input.arrived);
+                    }
                     if arrivals.len() == ARRIVALS {
                         arrivals.pop_front();
                     }
@@ -304,6 +355,7 @@ impl VideoWorker {
                             let codec = VideoCodec::H264 { sps, pps };
                             info!(track = %to.track.name(), codec = %codec.describe(), "video re-encoded");
                             to.track.set_codec(Codec::Video(codec));
+                            to.track.accept_keyframe_requests();
                             to.configured = true;
                             if to.full {
                                 shown.store(true, Ordering::Relaxed);

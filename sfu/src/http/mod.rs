@@ -54,6 +54,9 @@ pub fn whip_whep_routes(sfu: Sfu) -> Router {
         .with_state(sfu)
 }
 
+/// On a WHEP answer whose video is transcoded for this viewer: why, for the player to show.
+pub(crate) const TRANSCODED_HEADER: &str = "starling-transcoded";
+
 /// CORS on every response: WHIP/WHEP clients are often pages on another origin.
 async fn cors(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
@@ -64,7 +67,7 @@ async fn cors(request: Request, next: Next) -> Response {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Link, Accept-Patch"),
+        HeaderValue::from_static("Location, ETag, Link, Accept-Patch, Starling-Transcoded"),
     );
     response
 }

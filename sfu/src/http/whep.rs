@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use media::{tracks, ChannelName};
+use str0m::format::Codec;
 use str0m::media::MediaKind;
 use tracing::{info, info_span, Instrument};
 
@@ -70,10 +71,23 @@ pub(super) async fn offer(
         .iter()
         .filter(|n| tracks::is_video(n))
         .find_map(|n| broadcast.track(n).and_then(|t| t.codec()));
-    // H.264 goes out as RTP payloads packetized once for every viewer (rtp_out).
-    let rtp_mode = video_codec
+    // A browser that cannot decode H.265 or AV1 gets H.264 made for it, where the ingest
+    // node offers that (it starts transcoding when the track has a viewer).
+    let transcoded_from = video_codec
         .as_ref()
-        .is_some_and(|c| crate::rtp_out::shareable(str0m_codec(c)));
+        .filter(|c| !offers(&body, str0m_codec(c)) && offers(&body, Codec::H264))
+        .filter(|_| broadcast.track(tracks::VIDEO_H264).is_some())
+        .map(media::Codec::describe);
+    let layered = layered && transcoded_from.is_none();
+    let video_codec = match transcoded_from {
+        Some(_) => None,
+        None => video_codec,
+    };
+    // H.264 goes out as RTP payloads packetized once for every viewer (rtp_out).
+    let rtp_mode = transcoded_from.is_some()
+        || video_codec
+            .as_ref()
+            .is_some_and(|c| crate::rtp_out::shareable(str0m_codec(c)));
     let mut rtc = new_rtc(
         &sfu,
         Role::Viewer {
@@ -128,7 +142,10 @@ pub(super) async fn offer(
     );
     io.pending = pending;
     let span = info_span!("viewer", channel = %broadcast.name(), peer = crate::peer_number());
-    span.in_scope(|| info!("viewer joining"));
+    span.in_scope(|| match &transcoded_from {
+        Some(from) => info!(from = %from, "viewer joining; it gets H.264 transcoded for it"),
+        None => info!("viewer joining"),
+    });
     let viewer = Viewer {
         rtc,
         io,
@@ -139,7 +156,57 @@ pub(super) async fn offer(
         rtp_mode,
         own_media,
         keys: None,
+        video_track: transcoded_from.is_some().then_some(tracks::VIDEO_H264),
     };
     tokio::spawn(viewer.run().instrument(span));
-    created(format!("/whep/{channel}/{id}"), answer)
+    let mut response = created(format!("/whep/{channel}/{id}"), answer);
+    if let Some(from) = transcoded_from {
+        let why = format!(
+            "This stream is {from}, which this browser cannot decode: the server transcodes it \
+             to H.264 for viewers like this one (a little more latency)."
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&why) {
+            response
+                .headers_mut()
+                .insert(super::TRANSCODED_HEADER, value);
+        }
+    }
+    response
+}
+
+/// Whether the SDP offers `codec` (an `a=rtpmap` line of its encoding name).
+fn offers(sdp: &str, codec: Codec) -> bool {
+    let name = match codec {
+        Codec::H264 => "H264",
+        Codec::H265 => "H265",
+        Codec::Av1 => "AV1",
+        Codec::Vp8 => "VP8",
+        Codec::Vp9 => "VP9",
+        _ => return true,
+    };
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|encoding| {
+            encoding
+                .split('/')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use str0m::format::Codec;
+
+    #[test]
+    fn an_offer_lists_its_codecs_by_rtpmap() {
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=rtpmap:96 VP8/90000\r\n\
+                   a=rtpmap:97 h264/90000\r\na=fmtp:97 a=rtpmap:98 H265/90000\r\n";
+        assert!(super::offers(sdp, Codec::Vp8));
+        assert!(super::offers(sdp, Codec::H264));
+        assert!(!super::offers(sdp, Codec::H265));
+        assert!(!super::offers(sdp, Codec::Av1));
+        assert!(!super::offers("", Codec::H264));
+    }
 }
