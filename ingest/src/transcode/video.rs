@@ -335,23 +335,69 @@ pub mod samples {
     /// default: High profile with 3 B-frames and b-pyramid, a keyframe a second at 30 fps; each
     /// access unit with its presentation time (90 kHz), in decode order.
     pub fn obs_like(width: u32, height: u32, n: i64) -> Vec<(Vec<u8>, u64)> {
+        encoded(width, height, n, true)
+    }
+
+    /// [`obs_like`] without B-frames (`bframes=0`, as the README asks of OBS).
+    pub fn without_bframes(width: u32, height: u32, n: i64) -> Vec<(Vec<u8>, u64)> {
+        encoded(width, height, n, false)
+    }
+
+    /// `n` pictures encoded by libavcodec's `encoder` (`libx265`, `libaom-av1`) without
+    /// reordering, as the bus carries them (H.265 Annex B with parameter sets in band; AV1
+    /// temporal units with the sequence header in band).
+    pub fn other_codec(encoder: &str, width: u32, height: u32, n: i64) -> Vec<(Vec<u8>, u64)> {
+        let mut options = ff::Dictionary::new();
+        match encoder {
+            "libx265" => options.set("x265-params", "bframes=0:keyint=30:log-level=error"),
+            _ => {
+                options.set("usage", "realtime");
+                options.set("cpu-used", "8");
+                options.set("lag-in-frames", "0");
+            }
+        }
+        encode_with(encoder, options, width, height, n, 0)
+    }
+
+    fn encoded(width: u32, height: u32, n: i64, bframes: bool) -> Vec<(Vec<u8>, u64)> {
+        let mut options = ff::Dictionary::new();
+        options.set("preset", "veryfast");
+        options.set("profile", "high");
+        if bframes {
+            options.set("x264-params", "b-pyramid=normal");
+        }
+        encode_with(
+            "libx264",
+            options,
+            width,
+            height,
+            n,
+            if bframes { 3 } else { 0 },
+        )
+    }
+
+    fn encode_with(
+        name: &str,
+        options: ff::Dictionary,
+        width: u32,
+        height: u32,
+        n: i64,
+        bframes: usize,
+    ) -> Vec<(Vec<u8>, u64)> {
         ff::init().expect("libx264 in libavcodec");
         ff::log::set_level(ff::log::Level::Error);
-        let x264 = ff::encoder::find_by_name("libx264").expect("libx264 in libavcodec");
-        let mut context = ff::codec::Context::new_with_codec(x264)
+        let codec = ff::encoder::find_by_name(name).expect("the encoder in libavcodec");
+        let mut context = ff::codec::Context::new_with_codec(codec)
             .encoder()
             .video()
-            .expect("libx264 in libavcodec");
+            .expect("the encoder in libavcodec");
         context.set_width(width);
         context.set_height(height);
         context.set_format(ff::format::Pixel::YUV420P);
         context.set_time_base(TIME_BASE);
-        context.set_max_b_frames(3);
+        context.set_frame_rate(Some((30, 1)));
+        context.set_max_b_frames(bframes);
         context.set_gop(30);
-        let mut options = ff::Dictionary::new();
-        options.set("preset", "veryfast");
-        options.set("profile", "high");
-        options.set("x264-params", "b-pyramid=normal");
         let mut encoder = context.open_with(options).expect("libx264 in libavcodec");
         let mut out = Vec::new();
         let mut take = |encoder: &mut ff::encoder::video::Encoder| {
@@ -441,6 +487,53 @@ mod tests {
         assert_eq!(keyframes[full], keyframes[m]);
         assert_eq!(keyframes[full], keyframes[l]);
         assert!(sizes.iter().all(|n| *n >= input.len() - 4), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_keyframe_asked_for_comes_at_the_next_picture_in_every_output() {
+        let input = samples::without_bframes(320, 240, 45);
+        let mut reencode = Reencode::decoder_only(Source::H264).unwrap();
+        reencode.add_full(VideoSettings::default());
+        let spec = LayerSpec {
+            track: "video.l".into(),
+            height: 120,
+            bitrate: 100_000,
+        };
+        reencode.add_layer(&spec, "veryfast");
+        let mut keyframes = [Vec::new(), Vec::new()];
+        for (n, (au, pts)) in input.iter().enumerate() {
+            // Asked for at picture 10 (the source's keyframes are at 0 and 30).
+            if n == 10 {
+                reencode.keyframe_next();
+            }
+            for (index, frame) in reencode.push(au, *pts).unwrap() {
+                if frame.keyframe {
+                    keyframes[index].push(frame.pts / 3000);
+                }
+            }
+        }
+        assert_eq!(keyframes[0], [0, 10, 30]);
+        assert_eq!(keyframes[1], [0, 10, 30]);
+    }
+
+    #[test]
+    fn h265_and_av1_decode_to_h264() {
+        for (source, codec) in [(Source::H265, "libx265"), (Source::Av1, "libaom-av1")] {
+            let input = samples::other_codec(codec, 160, 96, 20);
+            let mut reencode = Reencode::decoder_only(source).unwrap();
+            reencode.add_full(VideoSettings::default());
+            let mut out = Vec::new();
+            for (au, pts) in &input {
+                out.extend(reencode.push(au, *pts).unwrap().into_iter().map(|(_, f)| f));
+            }
+            assert!(
+                out.len() >= input.len() - 4,
+                "{source:?}: {} of {}",
+                out.len(),
+                input.len()
+            );
+            assert!(out[0].keyframe, "{source:?}");
+        }
     }
 
     #[test]
