@@ -81,6 +81,9 @@ struct Output {
     encoder: Option<ff::encoder::video::Encoder>,
     scaler: Option<ff::software::scaling::Context>,
     scaled: ff::frame::Video,
+    /// The decoded size the encoder and scaler were made for: another (the source changed
+    /// resolution) makes them anew, with a keyframe and new parameter sets.
+    made_for: Option<(u32, u32)>,
 }
 
 impl Output {
@@ -91,6 +94,7 @@ impl Output {
             encoder: None,
             scaler: None,
             scaled: ff::frame::Video::empty(),
+            made_for: None,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Reencode {
             };
             self.picture.set_pts(pts);
             self.picture.set_kind(kind);
+            let size = (self.picture.width(), self.picture.height());
             for (index, output) in self.outputs.iter_mut().enumerate() {
                 let Output {
                     height,
@@ -209,7 +214,13 @@ impl Reencode {
                     encoder,
                     scaler,
                     scaled,
+                    made_for,
                 } = output;
+                if made_for.replace(size).is_some_and(|was| was != size) {
+                    *encoder = None;
+                    *scaler = None;
+                    *scaled = ff::frame::Video::empty();
+                }
                 let picture = match sized(*height, scaler, scaled, &self.picture)? {
                     Some(scaled) => {
                         scaled.set_pts(pts);
@@ -534,6 +545,33 @@ mod tests {
             );
             assert!(out[0].keyframe, "{source:?}");
         }
+    }
+
+    #[test]
+    fn a_new_resolution_mid_stream_starts_again_with_a_keyframe() {
+        let mut input = samples::without_bframes(320, 240, 20);
+        let later = samples::without_bframes(160, 128, 20);
+        input.extend(later.into_iter().map(|(au, pts)| (au, pts + 20 * 3000)));
+        let mut reencode = Reencode::decoder_only(Source::H264).unwrap();
+        reencode.add_full(VideoSettings::default());
+        let spec = LayerSpec {
+            track: "video.l".into(),
+            height: 64,
+            bitrate: 100_000,
+        };
+        reencode.add_layer(&spec, "veryfast");
+        let mut counts = [0, 0];
+        let mut keyframes = [Vec::new(), Vec::new()];
+        for (au, pts) in &input {
+            for (index, frame) in reencode.push(au, *pts).unwrap() {
+                counts[index] += 1;
+                if frame.keyframe {
+                    keyframes[index].push(frame.pts / 3000);
+                }
+            }
+        }
+        assert_eq!(counts, [40, 40]);
+        assert_eq!(keyframes, [vec![0, 20], vec![0, 20]]);
     }
 
     #[test]

@@ -221,6 +221,33 @@ struct Destination {
     configured: bool,
     /// It is `video` at the source's size: once configured, the source's frames stop there.
     full: bool,
+    /// The parameter sets its codec was set from.
+    params: Option<ParameterSets>,
+}
+
+type ParameterSets = (Vec<Bytes>, Vec<Bytes>);
+
+/// Sets `to`'s codec from a keyframe's parameter sets, the first time and whenever they
+/// change (the source changed resolution); `video`'s re-encode is then shown to viewers.
+fn configure(to: &mut Destination, keyframe: &Bytes, shown: &AtomicBool) {
+    let (sps, pps) = avc::annexb_parameter_sets(keyframe);
+    if sps.is_empty() || pps.is_empty() || to.params.as_ref() == Some(&(sps.clone(), pps.clone())) {
+        return;
+    }
+    let codec = VideoCodec::H264 {
+        sps: sps.clone(),
+        pps: pps.clone(),
+    };
+    info!(track = %to.track.name(), codec = %codec.describe(), "video re-encoded");
+    to.track.set_codec(Codec::Video(codec));
+    to.params = Some((sps, pps));
+    if !to.configured {
+        to.track.accept_keyframe_requests();
+        to.configured = true;
+        if to.full {
+            shown.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A channel's re-encoder thread. Dropping it ends the thread once the queue is drained.
@@ -279,6 +306,7 @@ impl VideoWorker {
                 track: track.clone(),
                 configured: false,
                 full: false,
+                params: None,
             });
         }
         let (tx, rx) = mpsc::sync_channel::<Command>(QUEUE);
@@ -307,6 +335,7 @@ impl VideoWorker {
                                 track: video.clone(),
                                 configured: false,
                                 full: true,
+                                params: None,
                             });
                             continue;
                         }
@@ -318,8 +347,9 @@ impl VideoWorker {
                     waiting_for_keyframe = false;
                     // A viewer's request (the bus makes one of many) is a keyframe in every
                     // output at the next picture, at most one a FORCED_KEYFRAME_INTERVAL.
-                    let due = last_forced
-                        .is_none_or(|at| input.arrived.duration_since(at) >= FORCED_KEYFRAME_INTERVAL);
+                    let due = last_forced.is_none_or(|at| {
+                        input.arrived.duration_since(at) >= FORCED_KEYFRAME_INTERVAL
+                    });
                     if due
                         && destinations
                             .iter()
@@ -347,19 +377,11 @@ impl VideoWorker {
                             .iter()
                             .find(|(pts, _)| *pts == frame.pts)
                             .map_or(input.arrived, |(_, at)| *at);
+                        if frame.keyframe {
+                            configure(to, &frame.data, &shown);
+                        }
                         if !to.configured {
-                            let (sps, pps) = avc::annexb_parameter_sets(&frame.data);
-                            if !frame.keyframe || sps.is_empty() || pps.is_empty() {
-                                continue;
-                            }
-                            let codec = VideoCodec::H264 { sps, pps };
-                            info!(track = %to.track.name(), codec = %codec.describe(), "video re-encoded");
-                            to.track.set_codec(Codec::Video(codec));
-                            to.track.accept_keyframe_requests();
-                            to.configured = true;
-                            if to.full {
-                                shown.store(true, Ordering::Relaxed);
-                            }
+                            continue;
                         }
                         to.track
                             .write(Frame::new(frame.pts, frame.keyframe, frame.data, arrived));
