@@ -28,7 +28,7 @@ To spare that: in OBS, Settings > Output > Streaming, set x264 Options to bframe
 
 /// The track the source video stays on while `video` carries it re-encoded: not a simulcast
 /// layer (`video.*`), so viewers are not offered it.
-pub const ORIGINAL_VIDEO: &str = "original.video";
+pub const ORIGINAL_VIDEO: &str = tracks::ORIGINAL_VIDEO;
 
 /// A publisher's broadcast and the state needed to feed it.
 pub struct Publish {

@@ -283,6 +283,52 @@ async fn a_viewer_on_a_primary_sees_a_webrtc_publisher_on_the_origin_at_once() -
     publisher.close().await
 }
 
+/// H.265 published on A (over SRT), watched on B: a viewer that decodes H.265 gets it through
+/// the relay and A makes no H.264; Chromium, which offers no H.265, then gets H.264 that A
+/// makes only now, pulled to B when a viewer there needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_made_on_demand_at_the_origin_for_a_viewer_on_another_node() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start()?;
+    let a = relay_node(&cluster, "node-a", "primary")?;
+    let b = relay_node(&cluster, "node-b", "primary")?;
+    b.wait_for(Duration::from_secs(10), || {
+        Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
+    })?;
+    let x265 = [
+        "-c:v",
+        "libx265",
+        "-x265-params",
+        "bframes=0:keyint=30:log-level=error",
+    ];
+    let _ffmpeg = Ffmpeg::push_srt(&a.srt_url("publish:hevc"), &x265, &["-c:a", "aac"])?;
+    b.wait_for(Duration::from_secs(30), || {
+        let (_, body) = b.get("/api/cluster/channels")?;
+        Ok(body.contains("hevc")
+            && a.channel("hevc")?
+                .is_some_and(|c| c.to_string().contains("H.265")))
+    })?;
+    let (frames, _) =
+        interop_tests::watch_h265(&b, "hevc", Instant::now() + Duration::from_secs(4))?;
+    ensure!(frames >= 60, "{frames} H.265 frames on B");
+    ensure!(
+        !a.log().contains("a viewer needs H.264"),
+        "B pulled the channel for an H.265 viewer: A makes no H.264 for it\n{}",
+        a.log()
+    );
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&b.url("/watch/hevc")).await?;
+    let first = viewer.wait_playing(Duration::from_secs(30)).await?;
+    let later = viewer.keeps_playing(&first, 3).await?;
+    eprintln!("Chromium on B: {later}");
+    ensure!(
+        a.log().contains("a viewer needs H.264; transcoding"),
+        "A transcodes for B's viewer:\n{}",
+        a.log()
+    );
+    viewer.close().await
+}
+
 /// The IETF moq-transport reference: Cloudflare's `moq-transport` crate (draft 18, ALPN
 /// `moqt-18`, `interop-tests/moqt`, built by scripts/test) subscribes to a live channel on a
 /// node that trusts its certificate by fingerprint, and receives its objects; the same client

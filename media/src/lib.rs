@@ -43,6 +43,9 @@ pub mod tracks {
     }
     /// Opus audio at 48 kHz, what browsers play over WebRTC.
     pub const AUDIO_OPUS: &str = "audio.opus";
+    /// The source video while `video` carries its re-encode (without B-frames): not a layer,
+    /// and not relayed.
+    pub const ORIGINAL_VIDEO: &str = "original.video";
     /// H.264 made on demand from an H.265 or AV1 `video`, for viewers that cannot decode it:
     /// not a simulcast layer. The ingest node makes it while the track has consumers.
     pub const VIDEO_H264: &str = "h264.video";

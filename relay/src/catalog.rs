@@ -3,7 +3,7 @@
 //! JSON, one frame a version. The relay passes codec descriptions on; it parses no bitstream.
 
 use bytes::Bytes;
-use media::{AudioCodec, BroadcastConsumer, Codec, VideoCodec};
+use media::{tracks, AudioCodec, BroadcastConsumer, Codec, VideoCodec};
 use serde::{Deserialize, Serialize};
 
 /// The catalog's track name (bus tracks are `video*` and `audio*`).
@@ -139,6 +139,8 @@ impl Catalog {
         let tracks = broadcast
             .track_names()
             .into_iter()
+            // The source of a re-encoded `video` serves consumers on its own node only.
+            .filter(|name| name != tracks::ORIGINAL_VIDEO)
             .filter_map(|name| {
                 let track = broadcast.track(&name)?;
                 if track.is_closed() {
@@ -237,5 +239,29 @@ mod tests {
             Err(CatalogError::TooLarge)
         ));
         assert!(Catalog::decode(b"{").is_err());
+    }
+
+    #[test]
+    fn the_source_of_a_re_encode_stays_on_its_node() {
+        let bus = media::Bus::new(media::TrackLimits::default());
+        let producer = bus
+            .publish(media::ChannelName::new("obs").expect("a name"))
+            .expect("publishes");
+        let _tracks: Vec<_> = [
+            "video",
+            "audio.opus",
+            tracks::ORIGINAL_VIDEO,
+            tracks::VIDEO_H264,
+        ]
+        .into_iter()
+        .map(|name| producer.create_track(name))
+        .collect();
+        let mut names: Vec<String> = Catalog::of(&producer.consume())
+            .tracks
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["audio.opus", "h264.video", "video"]);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use media::{BroadcastProducer, ChannelName, Frame, TrackProducer};
+use media::{tracks, BroadcastProducer, ChannelName, Frame, TrackProducer};
 use moq_net::{broadcast, track};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -229,19 +229,7 @@ async fn attempt(
             version = next_catalog(&mut catalog_sub) => match version {
                 Ok(catalog) => {
                     apply(producer, tracks, &catalog);
-                    for t in &catalog.tracks {
-                        if running.contains(&t.name) {
-                            continue;
-                        }
-                        let Some(pulled) = tracks.get(&t.name) else { continue };
-                        running.push(t.name.clone());
-                        pumps.spawn(pump(
-                            shared.clone(),
-                            served.clone(),
-                            t.name.clone(),
-                            pulled.writer.clone(),
-                        ));
-                    }
+                    start_pumps(shared, &served, tracks, &mut running, &mut pumps);
                     if *state.borrow() == PullState::Starting {
                         // The keyframe channel is dialled now, so a viewer's first request
                         // does not wait for a handshake.
@@ -278,6 +266,7 @@ async fn attempt(
                     return Ended::Lost("upstream draining".into());
                 }
                 forward_keyframe_requests(shared, name, upstream, tracks);
+                start_pumps(shared, &served, tracks, &mut running, &mut pumps);
                 if producer.consumers() == 0 {
                     if idle_since.get_or_insert_with(Instant::now).elapsed() > shared.config.linger() {
                         return Ended::Unused;
@@ -317,6 +306,30 @@ async fn next_catalog(sub: &mut track::Ordered) -> Result<Catalog, String> {
         .map_err(|e| e.to_string())?
         .ok_or("empty catalog group")?;
     Catalog::decode(&frame.payload).map_err(|e| e.to_string())
+}
+
+/// Starts pulling the catalog's tracks not pulled yet: all of them, but for one the origin
+/// makes only while it is read ([`tracks::VIDEO_H264`]), which waits for a viewer here.
+fn start_pumps(
+    shared: &Arc<Shared>,
+    served: &broadcast::Consumer,
+    tracks: &HashMap<String, Pulled>,
+    running: &mut Vec<String>,
+    pumps: &mut JoinSet<Result<(), String>>,
+) {
+    for (name, pulled) in tracks {
+        let on_demand = name == tracks::VIDEO_H264;
+        if running.contains(name) || (on_demand && pulled.writer.producer.consumers() == 0) {
+            continue;
+        }
+        running.push(name.clone());
+        pumps.spawn(pump(
+            shared.clone(),
+            served.clone(),
+            name.clone(),
+            pulled.writer.clone(),
+        ));
+    }
 }
 
 /// Makes the bus match a catalog: new tracks created, codecs and notice set. Tracks already
