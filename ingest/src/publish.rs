@@ -380,7 +380,7 @@ impl Publish {
             }
         }
         if let Some(on_demand) = &mut self.on_demand {
-            on_demand.push(&frame);
+            on_demand.push(&frame, &self.broadcast);
         }
         self.video.write(frame);
     }

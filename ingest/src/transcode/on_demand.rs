@@ -12,6 +12,10 @@ use tracing::{info, warn};
 use super::video::Source;
 use super::video_worker::{Budget, VideoWorker};
 
+/// What the player pages say while a viewer needs H.264 that no re-encoder is free to make.
+pub const BUSY_NOTICE: &str = "Browsers that cannot decode this stream's codec get no picture \
+for now: the server is transcoding as many channels as it may.";
+
 /// A viewer's consumer must be there this long before a transcoder starts: looking a track
 /// up (the channel API reads its bitrate) makes a consumer for an instant, which is no viewer.
 const DEMAND_FOR: Duration = Duration::from_millis(100);
@@ -26,7 +30,8 @@ pub struct OnDemand {
     /// Since when the track has had consumers (not running), or none (running).
     wanted_since: Option<Instant>,
     idle_since: Option<Instant>,
-    /// Told the log that every re-encoder was busy (once until one starts).
+    /// Told the log and the players that every re-encoder was busy (until one starts, or
+    /// the viewers leave).
     refused: bool,
 }
 
@@ -54,15 +59,18 @@ impl OnDemand {
 
     /// One frame of the source: starts the transcoder if the track has viewers, feeds it, and
     /// stops it once they have been gone for a while.
-    pub fn push(&mut self, frame: &Frame) {
+    pub fn push(&mut self, frame: &Frame, broadcast: &BroadcastProducer) {
         let now = frame.arrived;
         let viewed = self.track.consumers() > 0;
         match &mut self.worker {
-            None if !viewed => self.wanted_since = None,
+            None if !viewed => {
+                self.wanted_since = None;
+                self.unrefuse(broadcast);
+            }
             None => {
                 let since = *self.wanted_since.get_or_insert(now);
                 if now.duration_since(since) >= DEMAND_FOR {
-                    self.start();
+                    self.start(broadcast);
                 }
             }
             Some(_) if viewed => self.idle_since = None,
@@ -86,10 +94,14 @@ impl OnDemand {
         }
     }
 
-    fn start(&mut self) {
+    fn start(&mut self, broadcast: &BroadcastProducer) {
         let Some(slot) = self.budget.try_take() else {
             if !std::mem::replace(&mut self.refused, true) {
                 warn!(from = ?self.source, "a viewer needs H.264 but every video re-encoder is busy (transcode.max_channels)");
+                // Said on the player page, unless it says something already.
+                if broadcast.consume().notice().is_none() {
+                    broadcast.set_notice(Some(BUSY_NOTICE.to_owned()));
+                }
             }
             return;
         };
@@ -98,12 +110,85 @@ impl OnDemand {
                 info!(from = ?self.source, "a viewer needs H.264; transcoding");
                 self.worker = Some(worker);
                 self.idle_since = None;
-                self.refused = false;
+                self.unrefuse(broadcast);
             }
             Err(err) => {
                 warn!(%err, "cannot transcode this video to H.264");
                 self.wanted_since = None;
             }
+        }
+    }
+
+    /// Takes back the busy notice, if it was said.
+    fn unrefuse(&mut self, broadcast: &BroadcastProducer) {
+        if std::mem::take(&mut self.refused)
+            && broadcast.consume().notice().as_deref() == Some(BUSY_NOTICE)
+        {
+            broadcast.set_notice(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use media::{Bus, ChannelName, TrackLimits};
+
+    use super::super::video::samples;
+    use super::super::video_worker::TranscodeConfig;
+    use super::*;
+
+    #[test]
+    fn made_while_viewed_said_when_busy_and_stopped_when_left() {
+        let bus = Bus::new(TrackLimits::default());
+        let broadcast = bus.publish(ChannelName::new("hevc").unwrap()).unwrap();
+        let budget = Budget::new(TranscodeConfig {
+            max_channels: 1,
+            on_demand_idle_secs: 0,
+            ..TranscodeConfig::default()
+        });
+        let mut on_demand = OnDemand::offer(Source::H265, &broadcast, budget.clone());
+        let input = samples::other_codec("libx265", 160, 96, 30);
+        let t0 = Instant::now();
+        let mut next = 0usize;
+        let mut push = |on_demand: &mut OnDemand, n: usize| {
+            for _ in 0..n {
+                let (au, pts) = &input[next % input.len()];
+                let at = t0 + Duration::from_millis(33 * next as u64);
+                let frame = Frame::new(*pts, next % 30 == 0, Bytes::from(au.clone()), at);
+                on_demand.push(&frame, &broadcast);
+                next += 1;
+            }
+        };
+        let notice = || broadcast.consume().notice();
+
+        // Offered, but nobody reads it: nothing runs.
+        assert!(broadcast.consume().track(tracks::VIDEO_H264).is_some());
+        push(&mut on_demand, 10);
+        assert!(!on_demand.running());
+
+        // A viewer while every re-encoder is busy: the player pages say so.
+        let busy = budget.try_take().unwrap();
+        let viewer = broadcast.consume().track(tracks::VIDEO_H264).unwrap();
+        push(&mut on_demand, 10);
+        assert!(!on_demand.running());
+        assert_eq!(notice().as_deref(), Some(BUSY_NOTICE));
+
+        // A place comes free: it runs, and the notice goes.
+        drop(busy);
+        push(&mut on_demand, 10);
+        assert!(on_demand.running());
+        assert_eq!(notice(), None);
+        assert_eq!(budget.running(), 1);
+
+        // The viewer leaves (on_demand_idle_secs = 0): it stops and gives its place back.
+        drop(viewer);
+        push(&mut on_demand, 2);
+        assert!(!on_demand.running());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while budget.running() > 0 {
+            assert!(Instant::now() < deadline, "the place was not given back");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
