@@ -58,6 +58,10 @@ pub struct EncodedFrame {
     pub data: Bytes,
 }
 
+/// Largest picture decoded (3840 x 2160): what a publisher's parameter sets can make this
+/// node allocate and encode.
+pub const MAX_PIXELS: u32 = 3840 * 2160;
+
 /// Time base of everything here: 90 kHz, as the bus has it.
 const TIME_BASE: (i32, i32) = (1, 90_000);
 
@@ -157,7 +161,15 @@ impl Reencode {
             .ok_or_else(|| VideoError::Setup(format!("no {source:?} decoder in libavcodec")))?;
         let mut context = ff::codec::Context::new_with_codec(decoder);
         context.set_time_base(TIME_BASE);
-        let decoder = context.decoder().video().map_err(setup)?;
+        // A publisher's parameter sets may claim any size: larger than 4K is refused by the
+        // decoder before it allocates for it.
+        let mut options = ff::Dictionary::new();
+        options.set("max_pixels", &MAX_PIXELS.to_string());
+        let decoder = context
+            .decoder()
+            .open_as_with(decoder, options)
+            .and_then(|opened| opened.video())
+            .map_err(setup)?;
         Ok(Self {
             decoder,
             outputs: Vec::new(),
@@ -572,6 +584,21 @@ mod tests {
         }
         assert_eq!(counts, [40, 40]);
         assert_eq!(keyframes, [vec![0, 20], vec![0, 20]]);
+    }
+
+    #[test]
+    fn a_picture_larger_than_4k_is_not_decoded() {
+        let input = samples::without_bframes(4096, 2304, 2);
+        let mut reencode = Reencode::new(VideoSettings::default()).unwrap();
+        for (au, pts) in &input {
+            let out = reencode.push(au, *pts);
+            assert!(out.as_ref().map_or(true, Vec::is_empty), "{out:?}");
+        }
+        // 4K itself is.
+        let input = samples::without_bframes(3840, 2160, 1);
+        let mut reencode = Reencode::new(VideoSettings::default()).unwrap();
+        let out = reencode.push(&input[0].0, input[0].1).unwrap();
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
