@@ -159,6 +159,16 @@ impl Publish {
             Ok(worker) => {
                 info!(layers = self.ladder.len(), "video ladder started");
                 self.reencoder = Some(worker);
+                let heights: Vec<String> = self
+                    .ladder
+                    .iter()
+                    .map(|l| format!("{}p", l.height))
+                    .collect();
+                self.broadcast.set_transcoding(Some(format!(
+                    "The server makes lower layers of this stream ({}), so that viewers on slow \
+                     links keep a picture.",
+                    heights.join(", ")
+                )));
             }
             Err(err) => warn!(%err, "cannot make this channel's ladder"),
         }

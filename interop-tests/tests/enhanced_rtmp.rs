@@ -243,7 +243,7 @@ async fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265_and_chromium(
     let later = browser.player().await?;
     let decoded = num(&later, "video.framesDecoded") - num(&first, "video.framesDecoded");
     let notice = browser
-        .eval("return document.getElementById('notice').textContent;")
+        .eval("return document.getElementById('transcoding').textContent;")
         .await?;
     eprintln!("Chromium: {decoded} frames in 4 s; notice {notice}; {later}");
     ensure!(

@@ -118,6 +118,12 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
         channel["notice"].is_null(),
         "no B-frames, no re-encode of the source: {channel}"
     );
+    ensure!(
+        channel["transcoding"]
+            .as_str()
+            .is_some_and(|t| t.contains("lower layers of this stream (180p, 90p)")),
+        "the player pages say what the server makes: {channel}"
+    );
     let shim = interop_tests::Shim::start(server.webrtc)?;
     let (viewer, joined) = Browser::watch_through(&server, "ladder", &shim).await?;
     let location = joined["loc"].as_str().unwrap_or_default().to_owned();

@@ -45,6 +45,8 @@ struct BroadcastState {
     closed: bool,
     /// A short note for viewers about the publisher's settings (e.g. B-frames present).
     notice: Option<String>,
+    /// What the server makes of the stream for its viewers, and why (e.g. a ladder's layers).
+    transcoding: Option<String>,
 }
 
 impl BroadcastShared {
@@ -92,6 +94,7 @@ impl BroadcastShared {
         state.generation += 1;
         state.tracks.clear();
         state.notice = None;
+        state.transcoding = None;
         self.publishing.store(true, Ordering::Release);
         drop(state);
         self.notify.notify_waiters();
@@ -115,6 +118,10 @@ impl BroadcastShared {
 
     pub(crate) fn notice(&self) -> Option<String> {
         self.lock().notice.clone()
+    }
+
+    pub(crate) fn transcoding(&self) -> Option<String> {
+        self.lock().transcoding.clone()
     }
 
     pub(crate) fn track_names(&self) -> Vec<String> {
@@ -174,6 +181,11 @@ impl BroadcastProducer {
     /// Sets a note shown to viewers, e.g. which encoder setting to change.
     pub fn set_notice(&self, notice: Option<String>) {
         self.shared.lock().notice = notice;
+    }
+
+    /// Says what the server makes of the stream for its viewers, and why.
+    pub fn set_transcoding(&self, transcoding: Option<String>) {
+        self.shared.lock().transcoding = transcoding;
     }
 
     /// Resolves when a consumer has asked one of this broadcast's tracks for a keyframe (see
@@ -269,6 +281,11 @@ impl BroadcastConsumer {
     /// The publisher's notice for viewers, if any.
     pub fn notice(&self) -> Option<String> {
         self.shared.notice()
+    }
+
+    /// What the server makes of the stream for its viewers, if anything.
+    pub fn transcoding(&self) -> Option<String> {
+        self.shared.transcoding()
     }
 
     /// True once the broadcast is over: the publisher left and did not come back within the

@@ -44,6 +44,8 @@ pub struct LiveBroadcast {
     pub tracks: Vec<TrackInfo>,
     /// The publisher's notice for viewers, if any.
     pub notice: Option<String>,
+    /// What the server makes of the stream for its viewers, if anything.
+    pub transcoding: Option<String>,
     /// False while the publisher is away within the reconnect grace period.
     pub publishing: bool,
     /// Pulled from another node by the relay: its publisher is not here.
@@ -234,6 +236,7 @@ impl Bus {
                 started: b.started,
                 tracks: b.track_infos(),
                 notice: b.notice(),
+                transcoding: b.transcoding(),
                 publishing: b.is_publishing(),
                 relayed: b.relayed,
             })

@@ -23,6 +23,9 @@ pub struct Catalog {
     /// The publisher's note for viewers.
     #[serde(default)]
     pub notice: Option<String>,
+    /// What the origin makes of the stream for viewers.
+    #[serde(default)]
+    pub transcoding: Option<String>,
 }
 
 /// One track of a catalog.
@@ -157,6 +160,7 @@ impl Catalog {
         Self {
             tracks,
             notice: broadcast.notice(),
+            transcoding: broadcast.transcoding(),
         }
     }
 
@@ -224,6 +228,7 @@ mod tests {
                 keyframes_on_request: true,
             }],
             notice: Some("B-frames".into()),
+            transcoding: Some("a ladder".into()),
         };
         assert_eq!(
             Catalog::decode(&catalog.encode()).expect("decodes"),

@@ -351,6 +351,7 @@ fn apply(producer: &BroadcastProducer, tracks: &mut HashMap<String, Pulled>, cat
         }
     }
     producer.set_notice(catalog.notice.clone());
+    producer.set_transcoding(catalog.transcoding.clone());
 }
 
 /// Reads one upstream track into its bus track.

@@ -30,6 +30,8 @@ struct ChannelInfo {
     live_seconds: u64,
     tracks: Vec<media::TrackInfo>,
     notice: Option<String>,
+    /// What the server makes of the stream for its viewers, and why.
+    transcoding: Option<String>,
     /// `live`, or `reconnecting` while the publisher is away within the grace period.
     state: &'static str,
     /// Pulled from another node by the relay: its publisher is elsewhere in the cluster.
@@ -48,6 +50,7 @@ impl From<LiveBroadcast> for ChannelInfo {
             live_seconds: age.as_secs(),
             tracks: b.tracks,
             notice: b.notice,
+            transcoding: b.transcoding,
             state: if b.publishing { "live" } else { "reconnecting" },
             relayed: b.relayed,
         }
