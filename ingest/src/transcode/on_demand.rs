@@ -155,7 +155,7 @@ mod tests {
             for _ in 0..n {
                 let (au, pts) = &input[next % input.len()];
                 let at = t0 + Duration::from_millis(33 * next as u64);
-                let frame = Frame::new(*pts, next % 30 == 0, Bytes::from(au.clone()), at);
+                let frame = Frame::new(*pts, next.is_multiple_of(30), Bytes::from(au.clone()), at);
                 on_demand.push(&frame, &broadcast);
                 next += 1;
             }
