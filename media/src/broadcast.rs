@@ -129,7 +129,12 @@ impl BroadcastShared {
     }
 
     pub(crate) fn track_infos(&self) -> Vec<crate::TrackInfo> {
-        let tracks: Vec<_> = self.lock().tracks.values().cloned().collect();
+        let tracks: Vec<_> = self
+            .lock()
+            .tracks
+            .values()
+            .map(TrackConsumer::peek)
+            .collect();
         tracks
             .iter()
             .map(|t| crate::TrackInfo {
@@ -266,6 +271,12 @@ impl BroadcastConsumer {
     /// A consumer of the named track starting at its latest group, if the track exists.
     pub fn track(&self, name: &str) -> Option<TrackConsumer> {
         self.shared.lock().tracks.get(name).cloned()
+    }
+
+    /// The named track for a look (codec, bitrate, state), not counted as a reader of it (see
+    /// [`TrackProducer::consumers`]).
+    pub fn peek_track(&self, name: &str) -> Option<TrackConsumer> {
+        self.shared.lock().tracks.get(name).map(TrackConsumer::peek)
     }
 
     /// Names of the tracks.

@@ -234,6 +234,19 @@ impl TrackProducer {
         self.shared.lock().keyframe_wanted
     }
 
+    /// Drops every cached group: a producer that stopped making the track has no one join
+    /// it later at a picture from before. Consumers wait for the next group.
+    pub fn clear(&self) {
+        let mut state = self.shared.lock();
+        while let Some(old) = state.groups.pop_front() {
+            old.group.set_gone();
+            state.bytes -= old.bytes;
+            state.evicted = Some((old.group.seq, old.group.dropped + old.len));
+        }
+        drop(state);
+        self.shared.wakers.wake_all();
+    }
+
     /// Consumers of the track now (a look at the track's name or codec makes one, briefly).
     pub fn consumers(&self) -> usize {
         self.shared.consumers.load(Ordering::Relaxed)
@@ -332,6 +345,14 @@ pub struct TrackConsumer {
     stats: TrackStats,
     /// Counted in [`TrackProducer::consumers`].
     counted: bool,
+}
+
+impl TrackConsumer {
+    /// A consumer of the same track for a look at it (codec, bitrate, state), left out of
+    /// [`TrackProducer::consumers`]: looking is not reading.
+    pub fn peek(&self) -> TrackConsumer {
+        TrackConsumer::new(self.shared.clone(), false)
+    }
 }
 
 impl Clone for TrackConsumer {
@@ -657,11 +678,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cleared_track_starts_afresh_for_every_consumer() {
+        let t = track(TrackLimits::default());
+        t.write(frame(0, true));
+        t.write(frame(1, false));
+        let mut reading = t.consume();
+        assert_eq!(reading.try_next_frame().unwrap().unwrap().timestamp, 0);
+        t.clear();
+        assert_eq!(t.cached_bytes(), 0);
+        let mut joining = t.consume();
+        assert!(reading.try_next_frame().unwrap().is_none());
+        assert!(joining.try_next_frame().unwrap().is_none());
+        t.write(frame(9, true));
+        assert_eq!(reading.try_next_frame().unwrap().unwrap().timestamp, 9);
+        assert_eq!(joining.try_next_frame().unwrap().unwrap().timestamp, 9);
+    }
+
+    #[test]
     fn the_producer_sees_how_many_consume() {
         let t = track(TrackLimits::default());
         assert_eq!(t.consumers(), 0);
         let own = t.consume_uncounted();
+        let look = own.peek();
         assert_eq!(t.consumers(), 0);
+        drop(look);
         let a = own.clone();
         let b = a.clone();
         assert_eq!(t.consumers(), 2);

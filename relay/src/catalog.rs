@@ -145,7 +145,7 @@ impl Catalog {
             // The source of a re-encoded `video` serves consumers on its own node only.
             .filter(|name| name != tracks::ORIGINAL_VIDEO)
             .filter_map(|name| {
-                let track = broadcast.track(&name)?;
+                let track = broadcast.peek_track(&name)?;
                 if track.is_closed() {
                     return None;
                 }

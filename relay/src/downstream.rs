@@ -89,7 +89,7 @@ async fn control(shared: &Shared, conn: quinn::Connection) {
             };
             inc(&metrics.keyframe_requests_down);
             debug!(%channel, %track, "relay: keyframe request from downstream");
-            if let Some(track) = bus.subscribe(&channel).and_then(|b| b.track(&track)) {
+            if let Some(track) = bus.subscribe(&channel).and_then(|b| b.peek_track(&track)) {
                 track.request_keyframe();
             }
         });

@@ -653,7 +653,7 @@ fn video_layers(broadcast: &BroadcastConsumer, now: Instant) -> Vec<Layer> {
         .into_iter()
         .filter(|n| tracks::is_video(n))
         .filter_map(|name| {
-            let track = broadcast.track(&name).filter(|t| !t.is_closed())?;
+            let track = broadcast.peek_track(&name).filter(|t| !t.is_closed())?;
             let bitrate = track.bitrate(now, BITRATE_WINDOW)?;
             Some(Layer { name, bitrate })
         })

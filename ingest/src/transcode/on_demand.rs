@@ -12,6 +12,9 @@ use tracing::{info, warn};
 use super::video::Source;
 use super::video_worker::{Budget, VideoWorker};
 
+/// A transcoder that could not start (or ended by itself) is tried again after this.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
 /// What the player pages say while a viewer needs H.264 that no re-encoder is free to make.
 pub const BUSY_NOTICE: &str = "Browsers that cannot decode this stream's codec get no picture \
 for now: the server is transcoding as many channels as it may.";
@@ -33,6 +36,8 @@ pub struct OnDemand {
     /// Told the log and the players that every re-encoder was busy (until one starts, or
     /// the viewers leave).
     refused: bool,
+    /// After a transcoder that could not start, not before this.
+    retry_at: Option<Instant>,
 }
 
 impl OnDemand {
@@ -49,6 +54,7 @@ impl OnDemand {
             wanted_since: None,
             idle_since: None,
             refused: false,
+            retry_at: None,
         }
     }
 
@@ -69,8 +75,9 @@ impl OnDemand {
             }
             None => {
                 let since = *self.wanted_since.get_or_insert(now);
-                if now.duration_since(since) >= DEMAND_FOR {
-                    self.start(broadcast);
+                let may = self.retry_at.is_none_or(|at| now >= at);
+                if may && now.duration_since(since) >= DEMAND_FOR {
+                    self.start(broadcast, now);
                 }
             }
             Some(_) if viewed => self.idle_since = None,
@@ -78,7 +85,9 @@ impl OnDemand {
                 let since = *self.idle_since.get_or_insert(now);
                 if now.duration_since(since) >= self.idle_after {
                     info!(from = ?self.source, "no viewer needs H.264 any more; transcoder stopped");
-                    self.worker = None;
+                    if let Some(worker) = self.worker.take() {
+                        worker.stop_clearing();
+                    }
                     self.wanted_since = None;
                     return;
                 }
@@ -91,10 +100,15 @@ impl OnDemand {
                 frame.keyframe,
                 frame.arrived,
             );
+            if !worker.is_running() {
+                warn!(from = ?self.source, "the H.264 transcoder ended; trying again in a while");
+                self.worker = None;
+                self.retry_at = Some(now + RETRY_AFTER);
+            }
         }
     }
 
-    fn start(&mut self, broadcast: &BroadcastProducer) {
+    fn start(&mut self, broadcast: &BroadcastProducer, now: Instant) {
         let Some(slot) = self.budget.try_take() else {
             if !std::mem::replace(&mut self.refused, true) {
                 warn!(from = ?self.source, "a viewer needs H.264 but every video re-encoder is busy (transcode.max_channels)");
@@ -113,8 +127,8 @@ impl OnDemand {
                 self.unrefuse(broadcast);
             }
             Err(err) => {
-                warn!(%err, "cannot transcode this video to H.264");
-                self.wanted_since = None;
+                warn!(%err, "cannot transcode this video to H.264; trying again in a while");
+                self.retry_at = Some(now + RETRY_AFTER);
             }
         }
     }
@@ -180,6 +194,13 @@ mod tests {
         assert!(on_demand.running());
         assert_eq!(notice(), None);
         assert_eq!(budget.running(), 1);
+        // It made pictures (the decoder starts at the next keyframe, frame 30).
+        push(&mut on_demand, 15);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while on_demand.track.cached_bytes() == 0 {
+            assert!(Instant::now() < deadline, "no H.264 made");
+            std::thread::sleep(Duration::from_millis(10));
+        }
 
         // The viewer leaves (on_demand_idle_secs = 0): it stops and gives its place back.
         drop(viewer);
@@ -190,5 +211,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the place was not given back");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Nothing of this run is left for the next one's viewers to join at.
+        assert_eq!(on_demand.track.cached_bytes(), 0);
     }
 }

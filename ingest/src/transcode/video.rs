@@ -85,9 +85,10 @@ struct Output {
     encoder: Option<ff::encoder::video::Encoder>,
     scaler: Option<ff::software::scaling::Context>,
     scaled: ff::frame::Video,
-    /// The decoded size the encoder and scaler were made for: another (the source changed
-    /// resolution) makes them anew, with a keyframe and new parameter sets.
-    made_for: Option<(u32, u32)>,
+    /// The decoded size and format the encoder and scaler were made for: another (the source
+    /// changed resolution or pixel format) makes them anew, with a keyframe and new parameter
+    /// sets.
+    made_for: Option<(u32, u32, ff::format::Pixel)>,
 }
 
 impl Output {
@@ -211,14 +212,20 @@ impl Reencode {
         let mut out = Vec::new();
         while self.decoder.receive_frame(&mut self.picture).is_ok() {
             let pts = self.picture.pts().or(self.picture.timestamp());
-            let kind = if self.picture.is_key() || std::mem::take(&mut self.keyframe_next) {
+            // Taken at every picture: a request that meets the source's keyframe is answered.
+            let asked = std::mem::take(&mut self.keyframe_next);
+            let kind = if self.picture.is_key() || asked {
                 ff::picture::Type::I
             } else {
                 ff::picture::Type::None
             };
             self.picture.set_pts(pts);
             self.picture.set_kind(kind);
-            let size = (self.picture.width(), self.picture.height());
+            let size = (
+                self.picture.width(),
+                self.picture.height(),
+                self.picture.format(),
+            );
             for (index, output) in self.outputs.iter_mut().enumerate() {
                 let Output {
                     height,

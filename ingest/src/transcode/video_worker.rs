@@ -259,6 +259,18 @@ pub struct VideoWorker {
     dropped: u64,
     /// A [`VideoWorker::reencode_full`] not queued yet (the queue was full).
     full_pending: bool,
+    /// The thread has ended (its decoder or encoder could not be set up).
+    ended: bool,
+    ending: Arc<Ending>,
+}
+
+/// Told to the thread by [`VideoWorker::stop_clearing`].
+#[derive(Default)]
+struct Ending {
+    /// Stop at the next access unit, leaving the rest of the queue.
+    stop: AtomicBool,
+    /// Then drop the groups its tracks have cached.
+    clear: AtomicBool,
 }
 
 impl VideoWorker {
@@ -310,6 +322,8 @@ impl VideoWorker {
             });
         }
         let (tx, rx) = mpsc::sync_channel::<Command>(QUEUE);
+        let ending = Arc::new(Ending::default());
+        let ended = ending.clone();
         let started = Arc::new(AtomicBool::new(false));
         let shown = started.clone();
         std::thread::Builder::new()
@@ -328,6 +342,9 @@ impl VideoWorker {
                 let mut waiting_for_keyframe = true;
                 let mut last_forced: Option<Instant> = None;
                 for command in rx {
+                    if ending.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let input = match command {
                         Command::ReencodeFull => {
                             reencode.add_full(settings.clone());
@@ -387,6 +404,12 @@ impl VideoWorker {
                             .write(Frame::new(frame.pts, frame.keyframe, frame.data, arrived));
                     }
                 }
+                // Written last by this thread: nothing of this run stays for a later one.
+                if ending.clear.load(Ordering::Relaxed) {
+                    for to in &destinations {
+                        to.track.clear();
+                    }
+                }
             })
             .map_err(|e| VideoError::Setup(format!("no re-encoder thread: {e}")))?;
         Ok(Self {
@@ -395,6 +418,8 @@ impl VideoWorker {
             resync: false,
             dropped: 0,
             full_pending: false,
+            ended: false,
+            ending: ended,
         })
     }
 
@@ -438,8 +463,20 @@ impl VideoWorker {
                     );
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => self.ended = true,
         }
+    }
+
+    /// Stops the thread at its next access unit and has it drop what its tracks cache, so a
+    /// later run's viewers (here or pulled by the relay) never join at a picture from this one.
+    pub fn stop_clearing(self) {
+        self.ending.clear.store(true, Ordering::Relaxed);
+        self.ending.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// False once the thread has ended by itself (found at a [`VideoWorker::push`]).
+    pub fn is_running(&self) -> bool {
+        !self.ended
     }
 }
 

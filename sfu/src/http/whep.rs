@@ -70,13 +70,13 @@ pub(super) async fn offer(
         .track_names()
         .iter()
         .filter(|n| tracks::is_video(n))
-        .find_map(|n| broadcast.track(n).and_then(|t| t.codec()));
+        .find_map(|n| broadcast.peek_track(n).and_then(|t| t.codec()));
     // A browser that cannot decode H.265 or AV1 gets H.264 made for it, where the ingest
     // node offers that (it starts transcoding when the track has a viewer).
     let transcoded_from = video_codec
         .as_ref()
         .filter(|c| !offers(&body, str0m_codec(c)) && offers(&body, Codec::H264))
-        .filter(|_| broadcast.track(tracks::VIDEO_H264).is_some())
+        .filter(|_| broadcast.peek_track(tracks::VIDEO_H264).is_some())
         .map(media::Codec::describe);
     let layered = layered && transcoded_from.is_none();
     let video_codec = match transcoded_from {
