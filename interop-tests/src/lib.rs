@@ -1064,6 +1064,17 @@ pub fn local_ip_towards(to: SocketAddr) -> Result<std::net::IpAddr> {
 
 /// A WHEP viewer on str0m that offers H.265 only; counts the H.265 frames it receives.
 pub fn watch_h265(server: &Server, channel: &str, until: Instant) -> Result<(u64, u64)> {
+    watch_h265_at(server.http, server.webrtc, channel, until)
+}
+
+/// [`watch_h265`] of the node whose HTTP and WebRTC listeners are `http` and `webrtc` (for a
+/// thread of its own, which cannot borrow the [`Server`]).
+pub fn watch_h265_at(
+    http: SocketAddr,
+    webrtc: SocketAddr,
+    channel: &str,
+    until: Instant,
+) -> Result<(u64, u64)> {
     use media::bitstream::{avc, hevc};
     use str0m::change::SdpAnswer;
     use str0m::format::Codec;
@@ -1074,14 +1085,14 @@ pub fn watch_h265(server: &Server, channel: &str, until: Instant) -> Result<(u64
         .clear_codecs()
         .enable_h265(true)
         .build(Instant::now());
-    let socket = UdpSocket::bind((local_ip_towards(server.webrtc)?, 0))?;
+    let socket = UdpSocket::bind((local_ip_towards(webrtc)?, 0))?;
     let local = socket.local_addr()?;
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let (offer, pending) = api.apply().context("offer")?;
     let reply = request(
-        server.http,
+        http,
         "POST",
         &format!("/whep/{channel}"),
         &[("Content-Type", "application/sdp")],

@@ -285,12 +285,16 @@ async fn a_viewer_on_a_primary_sees_a_webrtc_publisher_on_the_origin_at_once() -
 
 /// H.265 published on A (over SRT), watched on B: a viewer that decodes H.265 gets it through
 /// the relay and A makes no H.264; Chromium, which offers no H.265, then gets H.264 that A
-/// makes only now, pulled to B when a viewer there needs it.
+/// makes only now, pulled to B when a viewer there needs it; when Chromium leaves, A stops
+/// making it while the H.265 viewer on B watches on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_made_on_demand_at_the_origin_for_a_viewer_on_another_node() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start()?;
-    let a = relay_node(&cluster, "node-a", "primary")?;
+    let a = cluster.node_with(
+        "node-a",
+        "\n[relay]\ntier = \"primary\"\n[transcode]\non_demand_idle_secs = 2\n",
+    )?;
     let b = relay_node(&cluster, "node-b", "primary")?;
     b.wait_for(Duration::from_secs(10), || {
         Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
@@ -326,7 +330,29 @@ async fn h264_made_on_demand_at_the_origin_for_a_viewer_on_another_node() -> Res
         "A transcodes for B's viewer:\n{}",
         a.log()
     );
-    viewer.close().await
+    // An H.265 viewer on B keeps the channel pulled there; Chromium leaves. B stops pulling
+    // H.264 after its linger time (5 s), and A stops making it 2 s later.
+    let (http, webrtc) = (b.http, b.webrtc);
+    let h265 = tokio::task::spawn_blocking(move || {
+        interop_tests::watch_h265_at(
+            http,
+            webrtc,
+            "hevc",
+            Instant::now() + Duration::from_secs(16),
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    viewer.client.goto("about:blank").await?;
+    viewer.close().await?;
+    a.wait_for(Duration::from_secs(12), || {
+        Ok(a.log().contains("transcoder stopped"))
+    })?;
+    let (frames, _) = h265.await??;
+    ensure!(
+        frames >= 300,
+        "the H.265 viewer on B watched on: {frames} frames"
+    );
+    Ok(())
 }
 
 /// The IETF moq-transport reference: Cloudflare's `moq-transport` crate (draft 18, ALPN

@@ -92,10 +92,10 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
         export_catalog(&bus, track).await;
         return;
     }
-    let Some(consumer) = bus.track(&name) else {
+    if bus.peek_track(&name).is_none() {
         request.reject(moq_net::Error::NotFound);
         return;
-    };
+    }
     // Audio before video when the link is short (audio gaps are heard, video ones less).
     let priority = if tracks::is_video(&name) { 100 } else { 200 };
     let track = request.accept(
@@ -104,8 +104,34 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
             .with_priority(priority),
     );
     let _held = Held::new(&shared.metrics.downstream_subscribers);
-    if let Err(err) = pump(&shared, consumer, &track).await {
-        debug!(%err, track = %name, "relay: downstream track ended");
+    // H.264 made here only while it is read: the bus track is read only while a downstream
+    // node subscribes, so the transcoder stops when they all let go (the MoQ track stays, for
+    // moq-net to answer a later subscriber from).
+    let on_demand = name == tracks::VIDEO_H264;
+    loop {
+        if on_demand && track.used().await.is_err() {
+            break;
+        }
+        let Some(consumer) = bus.track(&name) else {
+            break;
+        };
+        let ended = if on_demand {
+            tokio::select! {
+                ended = pump(&shared, consumer, &track) => Some(ended),
+                _ = track.unused() => None,
+            }
+        } else {
+            Some(pump(&shared, consumer, &track).await)
+        };
+        match ended {
+            None => debug!(track = %name, "relay: no one downstream reads it now"),
+            Some(ended) => {
+                if let Err(err) = ended {
+                    debug!(%err, track = %name, "relay: downstream track ended");
+                }
+                break;
+            }
+        }
     }
     let _ = track.finish();
 }

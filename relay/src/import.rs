@@ -222,6 +222,7 @@ async fn attempt(
     let _catalog_held = Held::new(&shared.metrics.upstream_subscriptions);
     let mut pumps: JoinSet<Result<(), String>> = JoinSet::new();
     let mut running: Vec<String> = Vec::new();
+    let mut on_demand = OnDemandPull::default();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut idle_since: Option<Instant> = None;
     loop {
@@ -229,7 +230,7 @@ async fn attempt(
             version = next_catalog(&mut catalog_sub) => match version {
                 Ok(catalog) => {
                     apply(producer, tracks, &catalog);
-                    start_pumps(shared, &served, tracks, &mut running, &mut pumps);
+                    start_pumps(shared, &served, tracks, &mut running, &mut pumps, &mut on_demand);
                     if *state.borrow() == PullState::Starting {
                         // The keyframe channel is dialled now, so a viewer's first request
                         // does not wait for a handshake.
@@ -246,6 +247,10 @@ async fn attempt(
                 Err(err) => return Ended::Lost(format!("catalog: {err}")),
             },
             Some(done) = pumps.join_next() => {
+                // The on-demand track's pump, stopped for want of viewers here: not an end.
+                if done.as_ref().is_err_and(|e| e.is_cancelled()) {
+                    continue;
+                }
                 let why = match done {
                     Ok(Ok(())) => "track ended".to_owned(),
                     Ok(Err(err)) => err,
@@ -266,7 +271,8 @@ async fn attempt(
                     return Ended::Lost("upstream draining".into());
                 }
                 forward_keyframe_requests(shared, name, upstream, tracks);
-                start_pumps(shared, &served, tracks, &mut running, &mut pumps);
+                on_demand.stop_if_unread(shared, tracks, &mut running);
+                start_pumps(shared, &served, tracks, &mut running, &mut pumps, &mut on_demand);
                 if producer.consumers() == 0 {
                     if idle_since.get_or_insert_with(Instant::now).elapsed() > shared.config.linger() {
                         return Ended::Unused;
@@ -316,19 +322,64 @@ fn start_pumps(
     tracks: &HashMap<String, Pulled>,
     running: &mut Vec<String>,
     pumps: &mut JoinSet<Result<(), String>>,
+    on_demand: &mut OnDemandPull,
 ) {
     for (name, pulled) in tracks {
-        let on_demand = name == tracks::VIDEO_H264;
-        if running.contains(name) || (on_demand && pulled.writer.producer.consumers() == 0) {
+        let is_on_demand = name == tracks::VIDEO_H264;
+        if running.contains(name) || (is_on_demand && pulled.writer.producer.consumers() == 0) {
             continue;
         }
         running.push(name.clone());
-        pumps.spawn(pump(
+        let handle = pumps.spawn(pump(
             shared.clone(),
             served.clone(),
             name.clone(),
             pulled.writer.clone(),
         ));
+        if is_on_demand {
+            on_demand.pump = Some(handle);
+            on_demand.unread_since = None;
+        }
+    }
+}
+
+/// The pull of the on-demand track ([`tracks::VIDEO_H264`]), which ends when no viewer here
+/// has read it for the linger time, so the origin can stop making it.
+#[derive(Default)]
+struct OnDemandPull {
+    pump: Option<tokio::task::AbortHandle>,
+    unread_since: Option<Instant>,
+}
+
+impl OnDemandPull {
+    fn stop_if_unread(
+        &mut self,
+        shared: &Shared,
+        tracks: &HashMap<String, Pulled>,
+        running: &mut Vec<String>,
+    ) {
+        if self.pump.is_none() {
+            return;
+        }
+        let read = tracks
+            .get(tracks::VIDEO_H264)
+            .is_some_and(|t| t.writer.producer.consumers() > 0);
+        if read {
+            self.unread_since = None;
+            return;
+        }
+        let since = *self.unread_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > shared.config.linger() {
+            if let Some(pump) = self.pump.take() {
+                pump.abort();
+            }
+            running.retain(|n| n != tracks::VIDEO_H264);
+            // A viewer who comes later waits for the origin's next picture, not this one's.
+            if let Some(track) = tracks.get(tracks::VIDEO_H264) {
+                track.writer.producer.clear();
+            }
+            debug!("relay: no viewer here reads the on-demand track; its pull stopped");
+        }
     }
 }
 
