@@ -51,8 +51,11 @@ pub struct Publish {
     budget: Option<Arc<Budget>>,
     /// This channel's lower layers, made from its H.264 (empty: none).
     ladder: Vec<LayerSpec>,
-    /// Whether the ladder was started (or could not be).
+    /// Whether the ladder was started (or could not be; tried again at each access unit
+    /// while every re-encoder is busy, a look at an atomic count).
     ladder_tried: bool,
+    /// Told the log that every re-encoder was busy (once a channel).
+    busy_told: bool,
     /// This channel's, once its ladder or its B-frames called for one.
     reencoder: Option<VideoWorker>,
     /// The source video, kept on the bus while `video` is re-encoded.
@@ -87,6 +90,7 @@ impl Publish {
             budget: None,
             ladder: Vec::new(),
             ladder_tried: false,
+            busy_told: false,
             reencoder: None,
             original: None,
             on_demand: None,
@@ -109,6 +113,9 @@ impl Publish {
     /// One H.264 access unit onto the bus: as it is, or through the re-encoder once that
     /// runs (the source then on [`ORIGINAL_VIDEO`]).
     fn write_h264(&mut self, frame: Frame) {
+        if frame.keyframe {
+            self.retry_reencode();
+        }
         self.start_ladder();
         if let Some(reencoder) = &mut self.reencoder {
             reencoder.push(
@@ -144,7 +151,10 @@ impl Publish {
         }
         let Some(budget) = &self.budget else { return };
         let Some(slot) = budget.try_take() else {
-            warn!("every video re-encoder is busy (transcode.max_channels); this channel has no ladder");
+            if !std::mem::replace(&mut self.busy_told, true) {
+                warn!("every video re-encoder is busy (transcode.max_channels); no ladder for this channel until one frees");
+            }
+            self.ladder_tried = false;
             return;
         };
         let layers = self
@@ -174,6 +184,18 @@ impl Publish {
         }
     }
 
+    /// At a keyframe: the re-encode without B-frames that found every re-encoder busy is
+    /// tried again (the ladder is, in [`Publish::start_ladder`]).
+    fn retry_reencode(&mut self) {
+        if !self.bframes || self.original.is_some() || self.hevc {
+            return;
+        }
+        if self.start_reencoder() {
+            info!("a video re-encoder came free; this channel's B-frames are re-encoded away now");
+            self.broadcast.set_notice(Some(REENCODED_NOTICE.to_owned()));
+        }
+    }
+
     /// Re-encodes this channel's H.264 without B-frames onto `video` (the ladder's re-encoder
     /// if it has one, else one of its own), if the node has room.
     fn start_reencoder(&mut self) -> bool {
@@ -198,7 +220,9 @@ impl Publish {
             return false;
         };
         let Some(slot) = budget.try_take() else {
-            warn!("every video re-encoder is busy (transcode.max_channels); B-frames pass as they are");
+            if !std::mem::replace(&mut self.busy_told, true) {
+                warn!("every video re-encoder is busy (transcode.max_channels); B-frames pass as they are until one frees");
+            }
             return false;
         };
         match VideoWorker::start(self.video.clone(), slot) {
@@ -318,7 +342,12 @@ impl Publish {
     /// New H.265 decoder configuration (an `hvcC` record, enhanced RTMP).
     pub fn hevc_config(&mut self, record: &Bytes) {
         match HevcConfig::parse(record) {
-            Ok(config) => self.hevc_config = Some(config),
+            Ok(config) => {
+                self.hevc_config = Some(config);
+                // Known before the first frame: a viewer who joins now is answered for it.
+                self.configure_h265();
+                self.offer_h264(Source::H265);
+            }
             Err(err) => warn!(%err, "ignoring malformed HEVC sequence header"),
         }
     }
@@ -355,6 +384,7 @@ impl Publish {
             info!(codec = %VideoCodec::Av1.describe(), "video configured");
             self.video.set_codec(Codec::Video(VideoCodec::Av1));
         }
+        self.offer_h264(Source::Av1);
     }
 
     /// One AV1 temporal unit (OBUs in the low-overhead format), at `pts_ms`.
@@ -384,24 +414,34 @@ impl Publish {
     /// A frame of H.265 or AV1 onto `video`, and to the H.264 made from it while a viewer
     /// needs that (offered once the node has re-encoders).
     fn write_for_h264(&mut self, source: Source, frame: Frame) {
-        if self.on_demand.is_none() {
-            if let Some(budget) = self.budget.as_ref().filter(|b| b.max_channels() > 0) {
-                self.on_demand = Some(OnDemand::offer(source, &self.broadcast, budget.clone()));
-            }
-        }
+        self.offer_h264(source);
         if let Some(on_demand) = &mut self.on_demand {
             on_demand.push(&frame, &self.broadcast);
         }
         self.video.write(frame);
     }
 
-    /// One H.265 access unit in Annex B (parameter sets travel in band), PTS at 90 kHz.
-    pub fn h265_annexb(&mut self, au: &Bytes, pts: u64, dts: u64, arrived: Instant) {
+    /// Offers H.264 made from `source` video to viewers that cannot decode it, if the node
+    /// has re-encoders.
+    fn offer_h264(&mut self, source: Source) {
+        if self.on_demand.is_none() {
+            if let Some(budget) = self.budget.as_ref().filter(|b| b.max_channels() > 0) {
+                self.on_demand = Some(OnDemand::offer(source, &self.broadcast, budget.clone()));
+            }
+        }
+    }
+
+    fn configure_h265(&mut self) {
         if !self.hevc {
             self.hevc = true;
             info!(codec = %VideoCodec::H265.describe(), "video configured");
             self.video.set_codec(Codec::Video(VideoCodec::H265));
         }
+    }
+
+    /// One H.265 access unit in Annex B (parameter sets travel in band), PTS at 90 kHz.
+    pub fn h265_annexb(&mut self, au: &Bytes, pts: u64, dts: u64, arrived: Instant) {
+        self.configure_h265();
         // IRAP pictures (BLA, IDR, CRA: NAL types 16-21) start a group.
         let keyframe = avc::annexb_nal_units(au).iter().any(|u| {
             u.first()
@@ -468,5 +508,47 @@ impl Publish {
     /// Frames of video written so far.
     pub fn video_frames(&self) -> u64 {
         self.video_frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use media::{Bus, ChannelName, TrackLimits};
+
+    use super::*;
+    use crate::transcode::video::samples;
+    use crate::transcode::video_worker::TranscodeConfig;
+
+    #[test]
+    fn b_frames_are_re_encoded_once_a_re_encoder_frees() {
+        let bus = Bus::new(TrackLimits::default());
+        let broadcast = bus.publish(ChannelName::new("obs").unwrap()).unwrap();
+        let consumer = broadcast.consume();
+        let budget = Budget::new(TranscodeConfig {
+            max_channels: 1,
+            ..TranscodeConfig::default()
+        });
+        let mut publish = Publish::new(broadcast).with_transcoding(budget.clone(), Vec::new());
+        let input = samples::obs_like(160, 96, 90);
+        let busy = budget.try_take().unwrap();
+        let start = Instant::now();
+        let mut push = |publish: &mut Publish, range: std::ops::Range<usize>| {
+            for i in range {
+                let (au, pts) = &input[i % input.len()];
+                // Decode order with the pictures' own times: B-frames show as pts != dts.
+                let dts = (i as u64) * 3000;
+                let pts = pts + 6000;
+                publish.h264_annexb(&Bytes::from(au.clone()), pts, dts, start);
+            }
+        };
+        push(&mut publish, 0..20);
+        assert!(!publish.reencoding());
+        assert_eq!(consumer.notice().as_deref(), Some(BFRAMES_NOTICE));
+        drop(busy);
+        // At the source's next keyframe (one a second: picture 30).
+        push(&mut publish, 20..40);
+        assert!(publish.reencoding());
+        assert_eq!(consumer.notice().as_deref(), Some(REENCODED_NOTICE));
+        assert!(consumer.track(ORIGINAL_VIDEO).is_some());
     }
 }

@@ -294,6 +294,13 @@ impl BroadcastConsumer {
         self.shared.notice()
     }
 
+    /// How long ago publishing started (the first publisher).
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.shared.started)
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// What the server makes of the stream for its viewers, if anything.
     pub fn transcoding(&self) -> Option<String> {
         self.shared.transcoding()

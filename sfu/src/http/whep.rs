@@ -1,12 +1,12 @@
 //! `POST /whep/{channel}`: a viewer's SDP offer in, `201` with the answer and `Location` out.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use media::{tracks, ChannelName};
+use media::{tracks, BroadcastConsumer, ChannelName};
 use str0m::format::Codec;
 use str0m::media::MediaKind;
 use tracing::{info, info_span, Instrument};
@@ -58,6 +58,7 @@ pub(super) async fn offer(
         Ok(place) => place,
         Err(response) => return *response,
     };
+    wait_for_video_codec(&broadcast).await;
     // Bandwidth estimation only serves the choice between simulcast layers; one layer
     // does without its per-packet cost.
     let layered = broadcast
@@ -172,6 +173,30 @@ pub(super) async fn offer(
         }
     }
     response
+}
+
+/// A channel that started this recently may not know its video codec yet (it comes with the
+/// publisher's sequence header or first frame).
+const YOUNG: Duration = Duration::from_secs(3);
+/// How long a viewer of such a channel waits for it, so the answer is made for the codec.
+const CODEC_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits (at most [`CODEC_WAIT`]) for a young channel's video codec.
+async fn wait_for_video_codec(broadcast: &BroadcastConsumer) {
+    if broadcast.age() > YOUNG {
+        return;
+    }
+    let deadline = Instant::now() + CODEC_WAIT;
+    let known = || {
+        broadcast
+            .track_names()
+            .iter()
+            .filter(|n| tracks::is_video(n))
+            .any(|n| broadcast.peek_track(n).is_some_and(|t| t.codec().is_some()))
+    };
+    while !known() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether the SDP offers `codec` (an `a=rtpmap` line of its encoding name).
