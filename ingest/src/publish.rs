@@ -532,7 +532,7 @@ mod tests {
         let input = samples::obs_like(160, 96, 90);
         let busy = budget.try_take().unwrap();
         let start = Instant::now();
-        let mut push = |publish: &mut Publish, range: std::ops::Range<usize>| {
+        let push = |publish: &mut Publish, range: std::ops::Range<usize>| {
             for i in range {
                 let (au, pts) = &input[i % input.len()];
                 // Decode order with the pictures' own times: B-frames show as pts != dts.
