@@ -62,6 +62,8 @@ pub struct Publish {
     original: Option<TrackProducer>,
     /// H.264 for viewers that cannot decode this channel's H.265 or AV1.
     on_demand: Option<OnDemand>,
+    /// `video` takes the source again from its next keyframe (its re-encoder ended).
+    source_after_keyframe: bool,
 }
 
 /// Opus packets passed through start a group on the bus every second (50 x 20 ms).
@@ -94,6 +96,7 @@ impl Publish {
             reencoder: None,
             original: None,
             on_demand: None,
+            source_after_keyframe: false,
         }
     }
 
@@ -124,14 +127,48 @@ impl Publish {
                 frame.keyframe,
                 frame.arrived,
             );
-            if let Some(original) = &self.original {
-                original.write(frame.clone());
-            }
-            if reencoder.started() {
-                return;
+            if !reencoder.is_running() {
+                self.reencoder_ended();
+            } else {
+                if let Some(original) = &self.original {
+                    original.write(frame.clone());
+                }
+                if reencoder.started() {
+                    return;
+                }
             }
         }
+        if self.source_after_keyframe {
+            if !frame.keyframe {
+                return;
+            }
+            self.source_after_keyframe = false;
+        }
         self.video.write(frame);
+    }
+
+    /// The re-encoder's thread ended by itself (libavcodec failed, or it panicked): viewers
+    /// get the source on `video` again from its next keyframe, as before the re-encode, and
+    /// this channel is transcoded no more (nor tried again, which could fail the same way).
+    fn reencoder_ended(&mut self) {
+        warn!("the video re-encoder ended; viewers get the video as it is sent");
+        self.reencoder = None;
+        self.budget = None;
+        self.ladder.clear();
+        self.broadcast.set_transcoding(None);
+        if self.original.take().is_some() {
+            // `video` carried the re-encode: its pictures and parameters go.
+            self.source_after_keyframe = true;
+            if let Some(config) = &self.avc {
+                self.video.set_codec(Codec::Video(VideoCodec::H264 {
+                    sps: config.sps.clone(),
+                    pps: config.pps.clone(),
+                }));
+            }
+            if self.bframes {
+                self.broadcast.set_notice(Some(BFRAMES_NOTICE.to_owned()));
+            }
+        }
     }
 
     /// The source's H.264 parameters: on `video`, or on the original's track while `video`
@@ -294,6 +331,7 @@ impl Publish {
 
     /// One raw AAC access unit at `timestamp_ms`.
     pub fn aac_frame(&mut self, data: &[u8], timestamp_ms: u64, arrived: Instant) {
+        self.tick_on_demand(arrived);
         if let Some(aac) = &mut self.aac {
             aac.push(data, timestamp_ms, arrived);
         }
@@ -431,6 +469,14 @@ impl Publish {
         }
     }
 
+    /// At the channel's audio: on-demand H.264 stops when unwatched even while no video
+    /// comes (an encoder that lost its camera), giving its re-encoder back.
+    fn tick_on_demand(&mut self, arrived: Instant) {
+        if let Some(on_demand) = &mut self.on_demand {
+            on_demand.tick(arrived, &self.broadcast);
+        }
+    }
+
     fn configure_h265(&mut self) {
         if !self.hevc {
             self.hevc = true;
@@ -481,6 +527,7 @@ impl Publish {
 
     /// One Opus packet at `timestamp` (48 kHz), passed through (malformed ones dropped).
     pub fn opus_packet(&mut self, packet: Bytes, timestamp: u64, arrived: Instant) {
+        self.tick_on_demand(arrived);
         if es::opus_samples(&packet).is_none() {
             return;
         }
@@ -513,6 +560,8 @@ impl Publish {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use media::{Bus, ChannelName, TrackLimits};
 
     use super::*;
@@ -550,5 +599,83 @@ mod tests {
         assert!(publish.reencoding());
         assert_eq!(consumer.notice().as_deref(), Some(REENCODED_NOTICE));
         assert!(consumer.track(ORIGINAL_VIDEO).is_some());
+    }
+
+    #[test]
+    fn a_re_encoder_that_ends_gives_viewers_the_source_again() {
+        let bus = Bus::new(TrackLimits::default());
+        let broadcast = bus.publish(ChannelName::new("obs").unwrap()).unwrap();
+        let consumer = broadcast.consume();
+        let budget = Budget::new(TranscodeConfig {
+            max_channels: 1,
+            ..TranscodeConfig::default()
+        });
+        let mut publish = Publish::new(broadcast).with_transcoding(budget.clone(), Vec::new());
+        let input = samples::obs_like(160, 96, 60);
+        let start = Instant::now();
+        let mut next = 0usize;
+        let mut push = |publish: &mut Publish| {
+            let (au, pts) = &input[next % input.len()];
+            // Times go on rising past the end of the sample, which starts again.
+            let lap = (next / input.len() * input.len()) as u64 * 3000;
+            let dts = (next as u64) * 3000;
+            publish.h264_annexb(&Bytes::from(au.clone()), pts + 6000 + lap, dts, start);
+            next += 1;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !publish.reencoder.as_ref().is_some_and(VideoWorker::started) {
+            assert!(Instant::now() < deadline, "the re-encode never showed");
+            push(&mut publish);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let source_sps = publish.avc.as_ref().unwrap().sps.clone();
+        let video = consumer.track(tracks::VIDEO).unwrap();
+        let reencoded_sps = |video: &media::TrackConsumer| match video.codec() {
+            Some(Codec::Video(VideoCodec::H264 { sps, .. })) => sps,
+            other => panic!("not H.264: {other:?}"),
+        };
+        assert_ne!(reencoded_sps(&video), source_sps, "x264 makes its own");
+
+        // Its thread ends (as if libavcodec had failed): the source is `video` again.
+        publish.reencoder.as_ref().unwrap().end_for_test();
+        while publish.reencoding() {
+            assert!(
+                Instant::now() < deadline,
+                "the ended re-encoder was not noticed"
+            );
+            push(&mut publish);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(reencoded_sps(&video), source_sps);
+        assert_eq!(consumer.notice().as_deref(), Some(BFRAMES_NOTICE));
+        assert!(consumer.transcoding().is_none());
+        let mut reader = consumer.track(tracks::VIDEO).unwrap();
+        reader.skip_to_next_group();
+        for _ in 0..40 {
+            push(&mut publish);
+        }
+        // From the source's next keyframe on, its own pictures (its parameter sets in front).
+        let first = reader
+            .try_next_frame()
+            .unwrap()
+            .expect("no source pictures");
+        assert!(first.keyframe);
+        assert_eq!(avc::annexb_parameter_sets(&first.payload).0, source_sps);
+        let mut pictures = 1;
+        while let Ok(Some(_)) = reader.try_next_frame() {
+            pictures += 1;
+        }
+        assert!(pictures >= 10, "{pictures} pictures after the keyframe");
+        // Its place is given back, and nothing tries to take it again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while budget.running() > 0 {
+            assert!(Instant::now() < deadline, "the place was not given back");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for _ in 0..40 {
+            push(&mut publish);
+        }
+        assert!(!publish.reencoding());
+        assert_eq!(budget.running(), 0);
     }
 }

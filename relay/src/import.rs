@@ -249,6 +249,7 @@ async fn attempt(
             Some(done) = pumps.join_next() => {
                 // The on-demand track's pump, stopped for want of viewers here: not an end.
                 if done.as_ref().is_err_and(|e| e.is_cancelled()) {
+                    on_demand.stopped(tracks);
                     continue;
                 }
                 let why = match done {
@@ -374,11 +375,17 @@ impl OnDemandPull {
                 pump.abort();
             }
             running.retain(|n| n != tracks::VIDEO_H264);
-            // A viewer who comes later waits for the origin's next picture, not this one's.
+            debug!("relay: no viewer here reads the on-demand track; its pull stopped");
+        }
+    }
+
+    /// Its pump has ended (it can write no more): a viewer who comes later waits for the
+    /// origin's next picture, not one of this pull's; unless a new pull has begun since.
+    fn stopped(&self, tracks: &HashMap<String, Pulled>) {
+        if self.pump.is_none() {
             if let Some(track) = tracks.get(tracks::VIDEO_H264) {
                 track.writer.producer.clear();
             }
-            debug!("relay: no viewer here reads the on-demand track; its pull stopped");
         }
     }
 }

@@ -10,7 +10,7 @@ use media::{tracks, BroadcastProducer, Frame, TrackProducer};
 use tracing::{info, warn};
 
 use super::video::Source;
-use super::video_worker::{Budget, VideoWorker};
+use super::video_worker::{Budget, Stopping, VideoWorker};
 
 /// A transcoder that could not start (or ended by itself) is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -30,6 +30,9 @@ pub struct OnDemand {
     budget: Arc<Budget>,
     idle_after: Duration,
     worker: Option<VideoWorker>,
+    /// The last run, told to stop: the next starts once it has ended (its last pictures
+    /// cleared from the track, not the next run's first).
+    stopping: Option<Stopping>,
     /// Since when the track has had consumers (not running), or none (running).
     wanted_since: Option<Instant>,
     idle_since: Option<Instant>,
@@ -51,6 +54,7 @@ impl OnDemand {
             budget,
             idle_after,
             worker: None,
+            stopping: None,
             wanted_since: None,
             idle_since: None,
             refused: false,
@@ -66,7 +70,23 @@ impl OnDemand {
     /// One frame of the source: starts the transcoder if the track has viewers, feeds it, and
     /// stops it once they have been gone for a while.
     pub fn push(&mut self, frame: &Frame, broadcast: &BroadcastProducer) {
-        let now = frame.arrived;
+        self.tick(frame.arrived, broadcast);
+        if let Some(worker) = &mut self.worker {
+            worker.push(
+                frame.payload.clone(),
+                frame.timestamp,
+                frame.keyframe,
+                frame.arrived,
+            );
+        }
+    }
+
+    /// Starts or stops the transcoder as viewers come and go: at each video frame, and at the
+    /// channel's audio too, so a channel whose video stops still gives its place back.
+    pub fn tick(&mut self, now: Instant, broadcast: &BroadcastProducer) {
+        if self.stopping.as_ref().is_some_and(Stopping::finished) {
+            self.stopping = None;
+        }
         let viewed = self.track.consumers() > 0;
         match &mut self.worker {
             None if !viewed => {
@@ -75,7 +95,7 @@ impl OnDemand {
             }
             None => {
                 let since = *self.wanted_since.get_or_insert(now);
-                let may = self.retry_at.is_none_or(|at| now >= at);
+                let may = self.retry_at.is_none_or(|at| now >= at) && self.stopping.is_none();
                 if may && now.duration_since(since) >= DEMAND_FOR {
                     self.start(broadcast, now);
                 }
@@ -85,21 +105,13 @@ impl OnDemand {
                 let since = *self.idle_since.get_or_insert(now);
                 if now.duration_since(since) >= self.idle_after {
                     info!(from = ?self.source, "no viewer needs H.264 any more; transcoder stopped");
-                    if let Some(worker) = self.worker.take() {
-                        worker.stop_clearing();
-                    }
+                    self.stopping = self.worker.take().map(VideoWorker::stop_clearing);
                     self.wanted_since = None;
                     return;
                 }
             }
         }
-        if let Some(worker) = &mut self.worker {
-            worker.push(
-                frame.payload.clone(),
-                frame.timestamp,
-                frame.keyframe,
-                frame.arrived,
-            );
+        if let Some(worker) = &self.worker {
             if !worker.is_running() {
                 warn!(from = ?self.source, "the H.264 transcoder ended; trying again in a while");
                 self.worker = None;
@@ -213,5 +225,22 @@ mod tests {
         }
         // Nothing of this run is left for the next one's viewers to join at.
         assert_eq!(on_demand.track.cached_bytes(), 0);
+
+        // A viewer again: a new run.
+        let viewer = broadcast.consume().track(tracks::VIDEO_H264).unwrap();
+        push(&mut on_demand, 10);
+        assert!(on_demand.running());
+        assert_eq!(budget.running(), 1);
+        // The video stops (the encoder lost its camera) and the viewer leaves: the audio's
+        // ticks stop the transcoder all the same.
+        drop(viewer);
+        let audio_at = t0 + Duration::from_millis(33 * next as u64 + 1000);
+        on_demand.tick(audio_at, &broadcast);
+        assert!(!on_demand.running());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while budget.running() > 0 {
+            assert!(Instant::now() < deadline, "the place was not given back");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

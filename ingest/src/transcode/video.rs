@@ -13,6 +13,7 @@
 use bytes::Bytes;
 use ffmpeg_next as ff;
 use media::bitstream::avc;
+use tracing::debug;
 
 /// Why video could not be re-encoded.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,56 @@ impl Output {
             scaled: ff::frame::Video::empty(),
             made_for: None,
         }
+    }
+
+    /// Forgets the encoder and scaler: the next picture makes them anew.
+    fn reset(&mut self) {
+        self.encoder = None;
+        self.scaler = None;
+        self.scaled = ff::frame::Video::empty();
+        self.made_for = None;
+    }
+
+    /// Encodes `picture` (decoded, of `size`) scaled to this output, as a picture of `kind`;
+    /// what the encoder has ready goes to `out` under `index`.
+    fn encode(
+        &mut self,
+        picture: &ff::frame::Video,
+        size: (u32, u32, ff::format::Pixel),
+        kind: ff::picture::Type,
+        index: usize,
+        out: &mut Vec<(usize, EncodedFrame)>,
+    ) -> Result<(), VideoError> {
+        if self.made_for.is_some_and(|was| was != size) {
+            self.reset();
+        }
+        self.made_for = Some(size);
+        let Self {
+            height,
+            settings,
+            encoder,
+            scaler,
+            scaled,
+            ..
+        } = self;
+        let picture = match sized(*height, scaler, scaled, picture)? {
+            Some(scaled) => {
+                scaled.set_pts(picture.pts());
+                scaled.set_kind(kind);
+                &*scaled
+            }
+            None => picture,
+        };
+        if encoder.is_none() {
+            let (w, h) = (picture.width(), picture.height());
+            *encoder = Some(open_encoder(settings, w, h)?);
+        }
+        let encoder = encoder
+            .as_mut()
+            .ok_or_else(|| VideoError::Setup("encoder".into()))?;
+        encoder.send_frame(picture).map_err(codec)?;
+        drain(encoder, index, out);
+        Ok(())
     }
 }
 
@@ -227,36 +278,13 @@ impl Reencode {
                 self.picture.format(),
             );
             for (index, output) in self.outputs.iter_mut().enumerate() {
-                let Output {
-                    height,
-                    settings,
-                    encoder,
-                    scaler,
-                    scaled,
-                    made_for,
-                } = output;
-                if made_for.replace(size).is_some_and(|was| was != size) {
-                    *encoder = None;
-                    *scaler = None;
-                    *scaled = ff::frame::Video::empty();
+                // One output's failure costs that output this picture, not the others theirs:
+                // it starts anew at the next, a keyframe in every output (still aligned).
+                if let Err(err) = output.encode(&self.picture, size, kind, index, &mut out) {
+                    debug!(%err, output = index, "picture not encoded; that output starts anew");
+                    output.reset();
+                    self.keyframe_next = true;
                 }
-                let picture = match sized(*height, scaler, scaled, &self.picture)? {
-                    Some(scaled) => {
-                        scaled.set_pts(pts);
-                        scaled.set_kind(kind);
-                        &*scaled
-                    }
-                    None => &self.picture,
-                };
-                if encoder.is_none() {
-                    let (w, h) = (picture.width(), picture.height());
-                    *encoder = Some(open_encoder(settings, w, h)?);
-                }
-                let encoder = encoder
-                    .as_mut()
-                    .ok_or_else(|| VideoError::Setup("encoder".into()))?;
-                encoder.send_frame(picture).map_err(codec)?;
-                drain(encoder, index, &mut out);
             }
         }
         Ok(out)

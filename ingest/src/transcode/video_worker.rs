@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -259,9 +260,20 @@ pub struct VideoWorker {
     dropped: u64,
     /// A [`VideoWorker::reencode_full`] not queued yet (the queue was full).
     full_pending: bool,
-    /// The thread has ended (its decoder or encoder could not be set up).
+    /// The thread's queue was found closed (it ended by itself).
     ended: bool,
     ending: Arc<Ending>,
+    thread: JoinHandle<()>,
+}
+
+/// A re-encoder told to stop: its thread ends after at most one more access unit.
+pub struct Stopping(JoinHandle<()>);
+
+impl Stopping {
+    /// Whether the thread has ended (and written its last, and cleared its tracks).
+    pub fn finished(&self) -> bool {
+        self.0.is_finished()
+    }
 }
 
 /// Told to the thread by [`VideoWorker::stop_clearing`].
@@ -326,7 +338,7 @@ impl VideoWorker {
         let ended = ending.clone();
         let started = Arc::new(AtomicBool::new(false));
         let shown = started.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("video-reencode".into())
             .spawn(move || {
                 let _slot = slot;
@@ -348,6 +360,9 @@ impl VideoWorker {
                     let input = match command {
                         Command::ReencodeFull => {
                             reencode.add_full(settings.clone());
+                            // The new encoder opens on a keyframe; the layers' next picture
+                            // is one too, so `video` and the layers switch on the same one.
+                            reencode.keyframe_next();
                             destinations.push(Destination {
                                 track: video.clone(),
                                 configured: false,
@@ -420,6 +435,7 @@ impl VideoWorker {
             full_pending: false,
             ended: false,
             ending: ended,
+            thread,
         })
     }
 
@@ -469,14 +485,22 @@ impl VideoWorker {
 
     /// Stops the thread at its next access unit and has it drop what its tracks cache, so a
     /// later run's viewers (here or pulled by the relay) never join at a picture from this one.
-    pub fn stop_clearing(self) {
+    pub fn stop_clearing(self) -> Stopping {
         self.ending.clear.store(true, Ordering::Relaxed);
         self.ending.stop.store(true, Ordering::Relaxed);
+        Stopping(self.thread)
     }
 
-    /// False once the thread has ended by itself (found at a [`VideoWorker::push`]).
+    /// False once the thread has ended by itself (its decoder or encoder could not be set
+    /// up, or it panicked).
     pub fn is_running(&self) -> bool {
-        !self.ended
+        !self.ended && !self.thread.is_finished()
+    }
+
+    /// Has the thread stop at its next access unit, as if it had ended by itself.
+    #[cfg(test)]
+    pub(crate) fn end_for_test(&self) {
+        self.ending.stop.store(true, Ordering::Relaxed);
     }
 }
 
