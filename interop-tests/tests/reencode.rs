@@ -196,3 +196,51 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
     );
     viewer.close().await
 }
+
+/// The ladder is made for every single-layer ingest, not RTMP alone: an SRT stream gets the
+/// node's ladder, and an FTL stream the one its channel names under `[transcode.channels]`.
+#[tokio::test(flavor = "multi_thread")]
+async fn srt_and_ftl_streams_get_their_ladders() -> Result<()> {
+    use interop_tests::ftl::{ffmpeg_rtp, Control};
+    let _alone = CPU.write().await;
+    let config = format!(
+        "{LADDER}\n[transcode.channels.studio]\nladder = [{{ track = \"video.l\", height = 90, \
+         bitrate = 100000 }}]\n\n[channels.studio]\nkey = \"s3cret\"\n\n[channels.tv]\n\
+         key = \"k2\"\n\n[ftl.channels]\n\"1234\" = \"studio\"\n"
+    );
+    let server = Server::start(Some(&config))?;
+    let _srt = Ffmpeg::push_srt(
+        &server.srt_url("publish:tv?key=k2"),
+        &["-bf", "0", "-g", "60"],
+        &["-c:a", "aac", "-b:a", "96k"],
+    )?;
+    let mut control = Control::connect(server.ftl)?;
+    let (reply, port) = control.handshake(1234, "s3cret")?;
+    let Some(port) = port else {
+        anyhow::bail!("no media port in {reply:?}");
+    };
+    let mut ftl = ffmpeg_rtp(&format!("127.0.0.1:{port}"), 1234)?;
+    let made = server.wait_for(Duration::from_secs(30), || {
+        Ok(video_tracks(&server, "tv")?.len() == 3 && video_tracks(&server, "studio")?.len() == 2)
+    });
+    let _ = ftl.kill();
+    let _ = ftl.wait();
+    let (tv, studio) = (server.channel("tv")?, server.channel("studio")?);
+    made.map_err(|e| anyhow::anyhow!("{e}: tv {tv:?}, studio {studio:?}"))?;
+    let mut tv_tracks = video_tracks(&server, "tv")?;
+    tv_tracks.sort();
+    assert_eq!(tv_tracks, ["video", "video.l", "video.m"]);
+    let note = |c: &Option<Value>| {
+        c.as_ref()
+            .and_then(|c| c["transcoding"].as_str().map(str::to_owned))
+    };
+    ensure!(
+        note(&tv).is_some_and(|t| t.contains("(180p, 90p)")),
+        "the node's ladder over SRT: {tv:?}"
+    );
+    ensure!(
+        note(&studio).is_some_and(|t| t.contains("(90p)")),
+        "the channel's own ladder over FTL: {studio:?}"
+    );
+    Ok(())
+}
