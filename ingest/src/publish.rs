@@ -51,6 +51,9 @@ pub struct Publish {
     budget: Option<Arc<Budget>>,
     /// This channel's lower layers, made from its H.264 (empty: none).
     ladder: Vec<LayerSpec>,
+    /// Their tracks (see [`Publish::offer_layers`]); kept open if the re-encoder ends, so
+    /// their viewers move to a layer that plays.
+    layers: Vec<(LayerSpec, Arc<TrackProducer>)>,
     /// Whether the ladder was started (or could not be; tried again at each access unit
     /// while every re-encoder is busy, a look at an atomic count).
     ladder_tried: bool,
@@ -91,6 +94,7 @@ impl Publish {
             opus_packets: 0,
             budget: None,
             ladder: Vec::new(),
+            layers: Vec::new(),
             ladder_tried: false,
             busy_told: false,
             reencoder: None,
@@ -173,11 +177,30 @@ impl Publish {
 
     /// The source's H.264 parameters: on `video`, or on the original's track while `video`
     /// carries the re-encoder's.
-    fn set_h264_codec(&self, codec: VideoCodec) {
+    fn set_h264_codec(&mut self, codec: VideoCodec) {
         match &self.original {
             Some(original) => original.set_codec(Codec::Video(codec)),
             None => self.video.set_codec(Codec::Video(codec)),
         }
+        self.offer_layers();
+    }
+
+    /// The ladder's tracks, on the bus from the first H.264 parameters on (empty until the
+    /// ladder runs): a viewer who joins while every re-encoder is busy is answered as a viewer
+    /// of layers (its bandwidth estimated), so it can move to one once the ladder starts.
+    fn offer_layers(&mut self) {
+        let may = self.budget.as_ref().is_some_and(|b| b.max_channels() > 0);
+        if !self.layers.is_empty() || !may {
+            return;
+        }
+        self.layers = self
+            .ladder
+            .iter()
+            .map(|spec| {
+                let track = Arc::new(self.broadcast.create_track(&spec.track));
+                (spec.clone(), track)
+            })
+            .collect();
     }
 
     /// Starts the channel's ladder at its first H.264 access unit, if it has one and the node
@@ -194,15 +217,8 @@ impl Publish {
             self.ladder_tried = false;
             return;
         };
-        let layers = self
-            .ladder
-            .iter()
-            .map(|spec| {
-                let track = Arc::new(self.broadcast.create_track(&spec.track));
-                (spec.clone(), track)
-            })
-            .collect();
-        match VideoWorker::start_ladder(self.video.clone(), layers, slot) {
+        self.offer_layers();
+        match VideoWorker::start_ladder(self.video.clone(), self.layers.clone(), slot) {
             Ok(worker) => {
                 info!(layers = self.ladder.len(), "video ladder started");
                 self.reencoder = Some(worker);
@@ -677,5 +693,51 @@ mod tests {
         }
         assert!(!publish.reencoding());
         assert_eq!(budget.running(), 0);
+    }
+
+    #[test]
+    fn a_ladders_layers_are_offered_before_a_re_encoder_frees() {
+        let bus = Bus::new(TrackLimits::default());
+        let broadcast = bus.publish(ChannelName::new("ladder").unwrap()).unwrap();
+        let consumer = broadcast.consume();
+        let budget = Budget::new(TranscodeConfig {
+            max_channels: 1,
+            ..TranscodeConfig::default()
+        });
+        let ladder = vec![LayerSpec {
+            track: "video.l".into(),
+            height: 48,
+            bitrate: 100_000,
+        }];
+        let mut publish = Publish::new(broadcast).with_transcoding(budget.clone(), ladder);
+        let input = samples::without_bframes(160, 96, 60);
+        let start = Instant::now();
+        let push = |publish: &mut Publish, range: std::ops::Range<usize>| {
+            for i in range {
+                let (au, pts) = &input[i % input.len()];
+                publish.h264_annexb(&Bytes::from(au.clone()), *pts, *pts, start);
+            }
+        };
+        let busy = budget.try_take().unwrap();
+        push(&mut publish, 0..20);
+        // Offered (a viewer now is answered as a viewer of layers), empty, no re-encoder.
+        assert!(!publish.reencoding());
+        let layer = consumer
+            .peek_track("video.l")
+            .expect("the layer is offered");
+        assert!(layer.latest_group().is_none());
+        drop(busy);
+        push(&mut publish, 20..21);
+        assert!(publish.reencoding());
+        // The same track gets the layer's pictures once the ladder runs (from picture 30).
+        push(&mut publish, 21..60);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while layer.latest_group().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no pictures on the offered layer"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
