@@ -137,6 +137,7 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
     // 1.3 Mbit/s.
     for (rate, lower) in [(800_000, true), (0, false)] {
         let before = viewer.eval(SHIM_STATE).await?;
+        let switches_before = num(&layer(&server)?, "switches");
         shim.set_rate(rate);
         let deadline = Instant::now() + Duration::from_secs(45);
         let mut status = layer(&server)?;
@@ -173,21 +174,25 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
             "video keeps decoding on {want}: {at} -> {later}"
         );
         // The way up is the server's doing: it switches at a keyframe of the higher layer while
-        // the lower one plays on. One freeze is allowed for a busy 2-core machine, as in the
-        // WHIP simulcast test.
+        // the lower one plays on. At 800 kbit/s the estimate reads 300-460 kbit/s (what the link
+        // drops), so the viewer often ends on `video.l` and comes back in two switches; Chromium
+        // counts about a freeze at each (the larger keyframe, the new size), so one a switch is
+        // allowed, and one more for a busy 2-core machine, as in the WHIP simulcast test.
         if !lower {
             let freezes = num(&later, "video.freezeCount") - num(&before, "video.freezeCount");
+            let switches = num(&layer(&server)?, "switches") - switches_before;
             ensure!(
-                freezes <= 1.0,
-                "{freezes} freezes on the way up: {before} -> {later}"
+                freezes <= switches + 1.0,
+                "{freezes} freezes in {switches} switches on the way up: {before} -> {later}"
             );
         }
         seen.push(format!(
-            "{} ({} px wide) at {} kbit/s estimate, {} freezes so far",
+            "{} ({} px wide) at {} kbit/s estimate, {} freezes and {} switches so far",
             status["current"],
             num(&later, "video.frameWidth"),
             num(&status, "estimate") / 1000.0,
             num(&later, "video.freezeCount"),
+            num(&layer(&server)?, "switches"),
         ));
     }
     eprintln!(

@@ -48,6 +48,8 @@ pub(crate) struct Viewer {
     /// H.264 video and Opus audio may be sealed and sent by this task ([`MediaOut`]): RTP
     /// mode, one layer.
     pub(crate) own_media: bool,
+    /// str0m's cap on the share of resends applies (see [`crate::http::keep_for_resends`]).
+    pub(crate) resends_capped: bool,
     /// The session's SRTP keys, once DTLS has made them (AEAD profiles only).
     pub(crate) keys: Option<Keys>,
     /// The one video track this viewer gets instead of the layers (H.264 made on demand for a
@@ -558,7 +560,7 @@ impl Viewer {
                     &mut self.rtc,
                     &[(mid, MediaKind::Video)],
                     false,
-                    !self.own_media,
+                    self.resends_capped,
                 );
                 if let Some(out) = line.out.as_mut() {
                     out.joined();

@@ -105,7 +105,10 @@ pub(super) async fn offer(
         Err(response) => return *response,
     };
     let own_media = rtp_mode && !layered;
-    keep_for_resends(&mut rtc, &added, true, !own_media);
+    // The layers of a ladder made here keyframe with the source, so resends dropped past the
+    // cap cost a viewer at most a group; a WebRTC publisher's layers keyframe only on request.
+    let resends_capped = layered && broadcast.transcoding().is_some();
+    keep_for_resends(&mut rtc, &added, true, resends_capped);
 
     // A viewer that cannot decode the stream's video hears why now, not as a black screen.
     if let Some(codec) = video_codec {
@@ -156,6 +159,7 @@ pub(super) async fn offer(
         joined: Instant::now(),
         rtp_mode,
         own_media,
+        resends_capped,
         keys: None,
         video_track: transcoded_from.is_some().then_some(tracks::VIDEO_H264),
     };
