@@ -584,8 +584,9 @@ mod tests {
     use crate::transcode::video::samples;
     use crate::transcode::video_worker::TranscodeConfig;
 
-    #[test]
-    fn b_frames_are_re_encoded_once_a_re_encoder_frees() {
+    /// A channel fed on a node with one re-encoder (and `ladder`), a viewer's look at its
+    /// broadcast, and the node's re-encoders.
+    fn one_reencoder(ladder: Vec<LayerSpec>) -> (Publish, media::BroadcastConsumer, Arc<Budget>) {
         let bus = Bus::new(TrackLimits::default());
         let broadcast = bus.publish(ChannelName::new("obs").unwrap()).unwrap();
         let consumer = broadcast.consume();
@@ -593,7 +594,13 @@ mod tests {
             max_channels: 1,
             ..TranscodeConfig::default()
         });
-        let mut publish = Publish::new(broadcast).with_transcoding(budget.clone(), Vec::new());
+        let publish = Publish::new(broadcast).with_transcoding(budget.clone(), ladder);
+        (publish, consumer, budget)
+    }
+
+    #[test]
+    fn b_frames_are_re_encoded_once_a_re_encoder_frees() {
+        let (mut publish, consumer, budget) = one_reencoder(Vec::new());
         let input = samples::obs_like(160, 96, 90);
         let busy = budget.try_take().unwrap();
         let start = Instant::now();
@@ -619,14 +626,7 @@ mod tests {
 
     #[test]
     fn a_re_encoder_that_ends_gives_viewers_the_source_again() {
-        let bus = Bus::new(TrackLimits::default());
-        let broadcast = bus.publish(ChannelName::new("obs").unwrap()).unwrap();
-        let consumer = broadcast.consume();
-        let budget = Budget::new(TranscodeConfig {
-            max_channels: 1,
-            ..TranscodeConfig::default()
-        });
-        let mut publish = Publish::new(broadcast).with_transcoding(budget.clone(), Vec::new());
+        let (mut publish, consumer, budget) = one_reencoder(Vec::new());
         let input = samples::obs_like(160, 96, 60);
         let start = Instant::now();
         let mut next = 0usize;
@@ -697,19 +697,11 @@ mod tests {
 
     #[test]
     fn a_ladders_layers_are_offered_before_a_re_encoder_frees() {
-        let bus = Bus::new(TrackLimits::default());
-        let broadcast = bus.publish(ChannelName::new("ladder").unwrap()).unwrap();
-        let consumer = broadcast.consume();
-        let budget = Budget::new(TranscodeConfig {
-            max_channels: 1,
-            ..TranscodeConfig::default()
-        });
-        let ladder = vec![LayerSpec {
+        let (mut publish, consumer, budget) = one_reencoder(vec![LayerSpec {
             track: "video.l".into(),
             height: 48,
             bitrate: 100_000,
-        }];
-        let mut publish = Publish::new(broadcast).with_transcoding(budget.clone(), ladder);
+        }]);
         let input = samples::without_bframes(160, 96, 60);
         let start = Instant::now();
         let push = |publish: &mut Publish, range: std::ops::Range<usize>| {

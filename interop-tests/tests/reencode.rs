@@ -20,7 +20,8 @@ const OBS_DEFAULTS: &[&str] = &[
     "60",
 ];
 
-/// The estimate test runs alone: the other two re-encode and decode on the same 2 cores.
+/// Each test runs alone: a re-encode, ffmpeg's encode and Chromium's decode fill the 2 cores,
+/// and two at once cost the smooth ones a freeze now and then (seen in CI).
 static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Waits for the channel's notice to say it is re-encoded, then watches 10 s in Chromium:
@@ -59,7 +60,7 @@ async fn plays_smoothly(server: &Server, channel: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn obs_defaults_over_rtmp_play_smoothly() -> Result<()> {
-    let _shared = CPU.read().await;
+    let _alone = CPU.write().await;
     let server = Server::start_isolated(None, &[])?;
     let _ffmpeg = Ffmpeg::push_rtmp(&server.rtmp_url("obs"), OBS_DEFAULTS)?;
     plays_smoothly(&server, "obs").await
@@ -67,7 +68,7 @@ async fn obs_defaults_over_rtmp_play_smoothly() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn obs_defaults_over_srt_play_smoothly() -> Result<()> {
-    let _shared = CPU.read().await;
+    let _alone = CPU.write().await;
     let server = Server::start_isolated(None, &[])?;
     let _ffmpeg = Ffmpeg::push_srt(
         &server.srt_url("publish:obs"),
@@ -143,10 +144,23 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
         let mut status = layer(&server)?;
         let reached = |s: &Value| (s["current"] != "video") == lower && s["pending"].is_null();
         let want = if lower { "a lower layer" } else { "video" };
-        while !reached(&status) {
+        // There, and no switch for 3 s: the estimate may take the viewer on down to `video.l`
+        // a few seconds after `video.m`, and a switch is no time to count frames.
+        let mut settled: Option<(Instant, f64)> = None;
+        loop {
+            let switches = num(&status, "switches");
+            match settled {
+                _ if !reached(&status) => settled = None,
+                Some((since, at)) if at == switches => {
+                    if since.elapsed() >= Duration::from_secs(3) {
+                        break;
+                    }
+                }
+                _ => settled = Some((Instant::now(), switches)),
+            }
             ensure!(
                 Instant::now() < deadline,
-                "not on {want} 45 s after limiting to {rate} bit/s (0: none): {status}"
+                "not settled on {want} 45 s after limiting to {rate} bit/s (0: none): {status}"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
             status = layer(&server)?;
