@@ -69,6 +69,14 @@ pub struct Publish {
     source_after_keyframe: bool,
 }
 
+/// The H.264 codec `config` describes.
+fn h264_codec(config: &AvcConfig) -> VideoCodec {
+    VideoCodec::H264 {
+        sps: config.sps.clone(),
+        pps: config.pps.clone(),
+    }
+}
+
 /// Opus packets passed through start a group on the bus every second (50 x 20 ms).
 const OPUS_PACKETS_PER_GROUP: u64 = 50;
 
@@ -125,12 +133,7 @@ impl Publish {
         }
         self.start_ladder();
         if let Some(reencoder) = &mut self.reencoder {
-            reencoder.push(
-                frame.payload.clone(),
-                frame.timestamp,
-                frame.keyframe,
-                frame.arrived,
-            );
+            reencoder.push(&frame);
             if !reencoder.is_running() {
                 self.reencoder_ended();
             } else {
@@ -164,10 +167,7 @@ impl Publish {
             // `video` carried the re-encode: its pictures and parameters go.
             self.source_after_keyframe = true;
             if let Some(config) = &self.avc {
-                self.video.set_codec(Codec::Video(VideoCodec::H264 {
-                    sps: config.sps.clone(),
-                    pps: config.pps.clone(),
-                }));
+                self.video.set_codec(Codec::Video(h264_codec(config)));
             }
             if self.bframes {
                 self.broadcast.set_notice(Some(BFRAMES_NOTICE.to_owned()));
@@ -258,10 +258,7 @@ impl Publish {
         };
         let original = || {
             let original = self.broadcast.create_track(ORIGINAL_VIDEO);
-            original.set_codec(Codec::Video(VideoCodec::H264 {
-                sps: config.sps.clone(),
-                pps: config.pps.clone(),
-            }));
+            original.set_codec(Codec::Video(h264_codec(config)));
             original
         };
         if let Some(reencoder) = &mut self.reencoder {
@@ -300,10 +297,7 @@ impl Publish {
     pub fn avc_config(&mut self, record: &Bytes) {
         match AvcConfig::parse(record) {
             Ok(config) => {
-                let codec = VideoCodec::H264 {
-                    sps: config.sps.clone(),
-                    pps: config.pps.clone(),
-                };
+                let codec = h264_codec(&config);
                 info!(codec = %codec.describe(), "video configured");
                 self.set_h264_codec(codec);
                 self.avc = Some(config);

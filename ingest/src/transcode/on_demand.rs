@@ -72,12 +72,7 @@ impl OnDemand {
     pub fn push(&mut self, frame: &Frame, broadcast: &BroadcastProducer) {
         self.tick(frame.arrived, broadcast);
         if let Some(worker) = &mut self.worker {
-            worker.push(
-                frame.payload.clone(),
-                frame.timestamp,
-                frame.keyframe,
-                frame.arrived,
-            );
+            worker.push(frame);
         }
     }
 

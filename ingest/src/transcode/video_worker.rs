@@ -202,15 +202,8 @@ impl Budget {
     }
 }
 
-struct Input {
-    au: Bytes,
-    pts: u64,
-    keyframe: bool,
-    arrived: Instant,
-}
-
 enum Command {
-    Frame(Input),
+    Frame(Frame),
     /// From now on, also the source's size without B-frames, onto `video`.
     ReencodeFull,
 }
@@ -393,8 +386,8 @@ impl VideoWorker {
                     if arrivals.len() == ARRIVALS {
                         arrivals.pop_front();
                     }
-                    arrivals.push_back((input.pts, input.arrived));
-                    let frames = match reencode.push(&input.au, input.pts) {
+                    arrivals.push_back((input.timestamp, input.arrived));
+                    let frames = match reencode.push(&input.payload, input.timestamp) {
                         Ok(frames) => frames,
                         Err(err) => {
                             debug!(%err, "video access unit not re-encoded");
@@ -453,21 +446,15 @@ impl VideoWorker {
     }
 
     /// Queues one access unit; dropped (up to the next keyframe) if the re-encoder is behind.
-    pub fn push(&mut self, au: Bytes, pts: u64, keyframe: bool, arrived: Instant) {
+    pub fn push(&mut self, frame: &Frame) {
         if self.full_pending {
             self.reencode_full();
         }
-        if self.resync && !keyframe {
+        if self.resync && !frame.keyframe {
             self.dropped += 1;
             return;
         }
-        let input = Input {
-            au,
-            pts,
-            keyframe,
-            arrived,
-        };
-        match self.tx.try_send(Command::Frame(input)) {
+        match self.tx.try_send(Command::Frame(frame.clone())) {
             Ok(()) => self.resync = false,
             Err(TrySendError::Full(_)) => {
                 self.resync = true;
