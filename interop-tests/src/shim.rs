@@ -180,7 +180,7 @@ pub(crate) fn viewer_script(channel: &str, shim: &Shim) -> String {
                 framesDecoded: s.framesDecoded, frameWidth: s.frameWidth, nackCount: s.nackCount,
                 packetsLost: s.packetsLost, packetsReceived: s.packetsReceived,
                 retransmittedPacketsReceived: s.retransmittedPacketsReceived,
-                freezeCount: s.freezeCount, pliCount: s.pliCount,
+                freezeCount: s.freezeCount, pliCount: s.pliCount, framesDropped: s.framesDropped,
               };
             }
           });

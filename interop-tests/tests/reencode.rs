@@ -147,7 +147,21 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
         // There, and no switch for 3 s: the estimate may take the viewer on down to `video.l`
         // a few seconds after `video.m`, and a switch is no time to count frames.
         let mut settled: Option<(Instant, f64)> = None;
+        // Where the viewer was each half second, for a failure's message.
+        let mut trail = Vec::new();
+        let set_at = Instant::now();
         loop {
+            let state = viewer.eval(SHIM_STATE).await?;
+            trail.push(format!(
+                "{:.1}s {} {} est {:.0}k: decoded {} dropped {} freezes {}",
+                set_at.elapsed().as_secs_f64(),
+                status["current"],
+                status["pending"],
+                num(&status, "estimate") / 1000.0,
+                num(&state, "video.framesDecoded"),
+                num(&state, "video.framesDropped"),
+                num(&state, "video.freezeCount"),
+            ));
             let switches = num(&status, "switches");
             match settled {
                 _ if !reached(&status) => settled = None,
@@ -188,17 +202,17 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
             "video keeps decoding on {want}: {at} -> {later}"
         );
         // The way up is the server's doing: it switches at a keyframe of the higher layer while
-        // the lower one plays on (no freeze at the switch, seen polling every 500 ms). The
-        // freezes that do show come while the estimate climbs on the lower layer, no switch and
-        // no loss: a second with 4-7 frames decoded. At 800 kbit/s the estimate reads 300-460
-        // kbit/s, so the viewer often sinks on to `video.l` and has more climbing to do; one
-        // freeze a switch is allowed, and one more for a busy 2-core machine.
+        // the lower one plays on, so no freeze, from `video.m` or from `video.l` (two switches).
+        // (Paced by str0m, video queued behind a lagging estimate and came in a burst, which
+        // Chromium skipped through: `framesDropped` and a freeze, in 4 of 23 runs.)
+        let freezes = num(&later, "video.freezeCount") - num(&before, "video.freezeCount");
+        let switches = num(&layer(&server)?, "switches") - switches_before;
+        eprintln!("to {want}: {freezes} freezes in {switches} switches");
         if !lower {
-            let freezes = num(&later, "video.freezeCount") - num(&before, "video.freezeCount");
-            let switches = num(&layer(&server)?, "switches") - switches_before;
             ensure!(
-                freezes <= switches + 1.0,
-                "{freezes} freezes in {switches} switches on the way up: {before} -> {later}"
+                freezes == 0.0,
+                "{freezes} freezes in {switches} switches on the way up: {before} -> {later}; \
+                 {trail:#?}"
             );
         }
         seen.push(format!(

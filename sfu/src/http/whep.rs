@@ -13,7 +13,7 @@ use tracing::{info, info_span, Instrument};
 
 use super::{
     answer, created, keep_for_resends, new_rtc, offer_ufrag, parse_offer, register, require_sdp,
-    str0m_codec, text, Role,
+    send_video_unpaced, str0m_codec, text, Role,
 };
 use crate::layers::LayerStatus;
 use crate::viewer::Viewer;
@@ -105,10 +105,15 @@ pub(super) async fn offer(
         Err(response) => return *response,
     };
     let own_media = rtp_mode && !layered;
-    // The layers of a ladder made here keyframe with the source, so resends dropped past the
-    // cap cost a viewer at most a group; a WebRTC publisher's layers keyframe only on request.
-    let resends_capped = layered && broadcast.transcoding().is_some();
-    keep_for_resends(&mut rtc, &added, true, resends_capped);
+    // The layers of a ladder made here keyframe with the source, so what a resend dropped past
+    // the cap, or an unpaced burst, loses costs a viewer at most a group; the cap also keeps
+    // resends from flooding a squeezed link that pacing no longer guards. A WebRTC publisher's
+    // layers keyframe only on request: its viewers stay paced, resends uncapped (see the two).
+    let own_ladder = layered && broadcast.transcoding().is_some();
+    keep_for_resends(&mut rtc, &added, true, own_ladder);
+    if own_ladder {
+        send_video_unpaced(&mut rtc, &added);
+    }
 
     // A viewer that cannot decode the stream's video hears why now, not as a black screen.
     if let Some(codec) = video_codec {
@@ -159,7 +164,7 @@ pub(super) async fn offer(
         joined: Instant::now(),
         rtp_mode,
         own_media,
-        resends_capped,
+        resends_capped: own_ladder,
         keys: None,
         video_track: transcoded_from.is_some().then_some(tracks::VIDEO_H264),
     };
