@@ -17,6 +17,7 @@ use rml_rtmp::sessions::{
 use rml_rtmp::time::RtmpTimestamp;
 
 use interop_tests::{num, watch_h265, Server};
+use serde_json::Value;
 
 /// Two or three seconds of the test pattern encoded by ffmpeg with `codec_args` into the raw
 /// format `format`.
@@ -181,25 +182,25 @@ impl Publisher {
     }
 }
 
-/// H.265 over enhanced RTMP: a viewer that offers H.265 gets it as it is; Chromium, which
-/// offers no H.265, gets H.264 transcoded for it on demand (and the player says so), and the
-/// transcoder stops a while after Chromium leaves.
-#[tokio::test(flavor = "multi_thread")]
-async fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265_and_chromium() -> Result<()> {
-    let server = Server::start_isolated(Some("[transcode]\non_demand_idle_secs = 2\n"), &[])?;
+/// Publishes `frames` of H.265 (30 fps, in real time) to `channel` over enhanced RTMP, from a
+/// thread that hangs up when they are sent.
+fn publish_hevc(
+    server: &Server,
+    channel: &str,
+    frames: usize,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
     let units = hevc_access_units()?;
     ensure!(units.len() >= 60, "{} access units", units.len());
-    let mut publisher = Publisher::connect(server.rtmp, "studio")?;
+    let mut publisher = Publisher::connect(server.rtmp, channel)?;
     // SequenceStart (key frame, packet type 0) with the hvcC record.
     let mut start = vec![0x90];
     start.extend(b"hvc1");
     start.extend_from_slice(&hvcc(&units[0])?);
     publisher.video(start, 0)?;
-
     let tags = units
         .iter()
         .cycle()
-        .take(900)
+        .take(frames)
         .map(|au| {
             let key = avc::avcc_nal_units(au, 4)?.iter().any(|u| hevc::is_irap(u));
             // CodedFrames: frame type key (1) or inter (2), composition time 0.
@@ -210,7 +211,29 @@ async fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265_and_chromium(
             Ok(tag)
         })
         .collect::<Result<Vec<_>>>()?;
-    let sender = publisher.send_paced(tags);
+    Ok(publisher.send_paced(tags))
+}
+
+/// Waits until Chromium's player has decoded more than `past` frames; its state then.
+async fn decoded_past(browser: &interop_tests::Browser, past: f64, what: &str) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = browser.player().await?;
+        if num(&p, "video.framesDecoded") > past {
+            return Ok(p);
+        }
+        ensure!(Instant::now() < deadline, "{what}: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// H.265 over enhanced RTMP: a viewer that offers H.265 gets it as it is; Chromium, which
+/// offers no H.265, gets H.264 transcoded for it on demand (and the player says so), and the
+/// transcoder stops a while after Chromium leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265_and_chromium() -> Result<()> {
+    let server = Server::start_isolated(Some("[transcode]\non_demand_idle_secs = 2\n"), &[])?;
+    let sender = publish_hevc(&server, "studio", 900)?;
     server.wait_for(Duration::from_secs(10), || {
         Ok(server
             .channel("studio")?
@@ -230,15 +253,7 @@ async fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265_and_chromium(
 
     let browser = interop_tests::Browser::start().await?;
     browser.client.goto(&server.url("/watch/studio")).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first = loop {
-        let p = browser.player().await?;
-        if num(&p, "video.framesDecoded") > 0.0 {
-            break p;
-        }
-        ensure!(Instant::now() < deadline, "Chromium decoded nothing: {p}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let first = decoded_past(&browser, 0.0, "Chromium decoded nothing").await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let later = browser.player().await?;
     let decoded = num(&later, "video.framesDecoded") - num(&first, "video.framesDecoded");
@@ -273,6 +288,43 @@ async fn hevc_over_enhanced_rtmp_reaches_a_viewer_that_offers_h265_and_chromium(
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     Ok(())
+}
+
+/// Chromium watches H.264 made from H.265; the publisher hangs up and comes back within the
+/// grace period in H.264 (ffmpeg), of which nothing makes `h264.video`: the viewer plays on,
+/// on the same session, from `video` as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transcoded_viewer_plays_on_when_the_publisher_returns_in_h264() -> Result<()> {
+    let server = Server::start_isolated(None, &[])?;
+    let sender = publish_hevc(&server, "swap", 240)?;
+    let browser = interop_tests::Browser::start().await?;
+    browser.client.goto(&server.url("/watch/swap")).await?;
+    let first = decoded_past(&browser, 0.0, "Chromium decoded nothing").await?;
+    ensure!(
+        server.log().contains("a viewer needs H.264"),
+        "Chromium gets H.264 made for it:\n{}",
+        server.log()
+    );
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let away = browser.player().await?;
+    let _ffmpeg = interop_tests::Ffmpeg::push_rtmp(&server.rtmp_url("swap"), &["-bf", "0"])?;
+    let back = num(&away, "video.framesDecoded") + 60.0;
+    let later = decoded_past(&browser, back, "no picture after the publisher came back").await?;
+    eprintln!(
+        "frames decoded: {} at first, {} when the H.265 publisher left, {} back in H.264 ({})",
+        num(&first, "video.framesDecoded"),
+        num(&away, "video.framesDecoded"),
+        num(&later, "video.framesDecoded"),
+        later["layer"]["current"],
+    );
+    let log = server.log();
+    ensure!(
+        log.contains("publisher back in H.264") && log.matches("viewer connected").count() == 1,
+        "the same session took `video`:\n{log}"
+    );
+    browser.close().await
 }
 
 /// The OBUs of a low-overhead AV1 stream, each with its type; temporal units split at the

@@ -597,10 +597,32 @@ impl Viewer {
         line.keep(written)
     }
 
+    /// A viewer given H.264 made from a codec it cannot decode has that one track, and waits
+    /// for it while the publisher is away. A publisher back within the grace period in H.264
+    /// makes no such track: the viewer takes `video` as it is, on the same session.
+    fn take_h264_source(&mut self, line: &mut Line) {
+        if line.current.is_some() {
+            return;
+        }
+        let h264 = self
+            .broadcast
+            .peek_track(tracks::VIDEO)
+            .filter(|t| !t.is_closed())
+            .and_then(|t| t.codec())
+            .is_some_and(|c| crate::http::str0m_codec(&c) == Codec::H264);
+        let Some(track) = self.broadcast.track(tracks::VIDEO).filter(|_| h264) else {
+            return;
+        };
+        info!("publisher back in H.264; sending its video as it is");
+        self.start_track(line, track);
+        self.lock_status().current = Some(line.name.clone());
+    }
+
     /// Revisits the layer: the viewer's choice, or what the estimate allows.
     fn choose_layer(&mut self, c: &Counters, video: &mut Option<Line>) {
         let Some(line) = video.as_mut() else { return };
         if self.video_track.is_some() {
+            self.take_h264_source(line);
             return;
         }
         let layers = video_layers(&self.broadcast, Instant::now());
