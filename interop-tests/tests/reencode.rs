@@ -97,6 +97,20 @@ fn video_tracks(server: &Server, channel: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Where a throttled viewer was, `since` the limit changed: its layer status and its player.
+fn trail_line(since: Instant, status: &Value, state: &Value) -> String {
+    format!(
+        "{:.1}s {} {} est {:.0}k: decoded {} dropped {} freezes {}",
+        since.elapsed().as_secs_f64(),
+        status["current"],
+        status["pending"],
+        num(status, "estimate") / 1000.0,
+        num(state, "video.framesDecoded"),
+        num(state, "video.framesDropped"),
+        num(state, "video.freezeCount"),
+    )
+}
+
 /// A ladder from one RTMP stream without B-frames (the source passes as it is on `video`,
 /// `video.m` and `video.l` are made from it): a viewer behind a slow link moves to a lower
 /// layer and decodes there, and back up when the link recovers, with no freeze on the way up.
@@ -152,16 +166,7 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
         let set_at = Instant::now();
         loop {
             let state = viewer.eval(SHIM_STATE).await?;
-            trail.push(format!(
-                "{:.1}s {} {} est {:.0}k: decoded {} dropped {} freezes {}",
-                set_at.elapsed().as_secs_f64(),
-                status["current"],
-                status["pending"],
-                num(&status, "estimate") / 1000.0,
-                num(&state, "video.framesDecoded"),
-                num(&state, "video.framesDropped"),
-                num(&state, "video.freezeCount"),
-            ));
+            trail.push(trail_line(set_at, &status, &state));
             let switches = num(&status, "switches");
             match settled {
                 _ if !reached(&status) => settled = None,
@@ -184,6 +189,7 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let now = viewer.eval(SHIM_STATE).await?;
+            trail.push(trail_line(set_at, &status, &now));
             let decoding =
                 num(&now, "video.framesDecoded") >= num(&at, "video.framesDecoded") + 10.0;
             at = now;
@@ -197,6 +203,7 @@ async fn a_throttled_viewer_of_an_rtmp_ladder_moves_down_and_back() -> Result<()
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let later = viewer.eval(SHIM_STATE).await?;
+        trail.push(trail_line(set_at, &layer(&server)?, &later));
         ensure!(
             num(&later, "video.framesDecoded") > num(&at, "video.framesDecoded") + 60.0,
             "video keeps decoding on {want}: {at} -> {later}"

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use media::{tracks, BroadcastConsumer, Frame, TrackConsumer};
+use media::{tracks, BroadcastConsumer, Frame, TrackConsumer, VideoCodec};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
@@ -48,12 +48,15 @@ pub(crate) struct Viewer {
     /// H.264 video and Opus audio may be sealed and sent by this task ([`MediaOut`]): RTP
     /// mode, one layer.
     pub(crate) own_media: bool,
-    /// str0m's cap on the share of resends applies (see [`crate::http::keep_for_resends`]).
-    pub(crate) resends_capped: bool,
+    /// A viewer of a ladder made here: str0m's cap on the share of resends applies, and video
+    /// goes out unpaced (see [`crate::http::keep_for_resends`] and
+    /// [`crate::http::send_video_unpaced`]). Set at the offer, or once the ladder starts.
+    pub(crate) own_ladder: bool,
     /// The session's SRTP keys, once DTLS has made them (AEAD profiles only).
     pub(crate) keys: Option<Keys>,
     /// The one video track this viewer gets instead of the layers (H.264 made on demand for a
-    /// viewer that cannot decode the stream's codec).
+    /// viewer that cannot decode the stream's codec); `video` itself once that is H.264 (the
+    /// publisher came back in it, see [`Viewer::take_h264_source`]).
     pub(crate) video_track: Option<&'static str>,
 }
 
@@ -560,7 +563,7 @@ impl Viewer {
                     &mut self.rtc,
                     &[(mid, MediaKind::Video)],
                     false,
-                    self.resends_capped,
+                    self.own_ladder,
                 );
                 if let Some(out) = line.out.as_mut() {
                     out.joined();
@@ -597,25 +600,35 @@ impl Viewer {
         line.keep(written)
     }
 
-    /// A viewer given H.264 made from a codec it cannot decode has that one track, and waits
-    /// for it while the publisher is away. A publisher back within the grace period in H.264
-    /// makes no such track: the viewer takes `video` as it is, on the same session.
+    /// A viewer given H.264 made from a codec it cannot decode has that one track. A publisher
+    /// back within the grace period in H.264 makes no such track (and on a node that pulls the
+    /// channel, the pulled one stays open and silent): the viewer takes `video` as it is, on
+    /// the same session.
     fn take_h264_source(&mut self, line: &mut Line) {
-        if line.current.is_some() {
+        if line.name == tracks::VIDEO {
             return;
         }
-        let h264 = self
-            .broadcast
-            .peek_track(tracks::VIDEO)
-            .filter(|t| !t.is_closed())
-            .and_then(|t| t.codec())
-            .is_some_and(|c| crate::http::str0m_codec(&c) == Codec::H264);
-        let Some(track) = self.broadcast.track(tracks::VIDEO).filter(|_| h264) else {
+        let Some(track) = h264_source(&self.broadcast) else {
             return;
         };
-        info!("publisher back in H.264; sending its video as it is");
+        info!(from = %line.name, "publisher back in H.264; sending its video as it is");
         self.start_track(line, track);
         self.lock_status().current = Some(line.name.clone());
+    }
+
+    /// A viewer who joined while the channel's ladder waited for a re-encoder (its layer tracks
+    /// are offered from the start) is made a viewer of a ladder made here once it runs.
+    fn follow_own_ladder(&mut self, c: &Counters, mid: Mid) {
+        if self.own_ladder || self.broadcast.transcoding().is_none() {
+            return;
+        }
+        self.own_ladder = true;
+        let video = [(mid, MediaKind::Video)];
+        crate::http::send_video_unpaced(&mut self.rtc, &video);
+        // Still joining: the buffer is made anew with the cap after the join burst.
+        if matches!(c.resend_buffer, ResendBuffer::Renewed) {
+            crate::http::keep_for_resends(&mut self.rtc, &video, false, true);
+        }
     }
 
     /// Revisits the layer: the viewer's choice, or what the estimate allows.
@@ -641,6 +654,7 @@ impl Viewer {
         .map(str::to_owned);
         drop(status);
         if layers.len() > 1 {
+            self.follow_own_ladder(c, line.mid);
             // Let the estimator probe far enough for the top layer to pass the step-up rule,
             // so a viewer moved down can move up (probing to 1.3x the top layer could never
             // show the 1.43x that rule needs).
@@ -684,6 +698,18 @@ fn video_layers(broadcast: &BroadcastConsumer, now: Instant) -> Vec<Layer> {
         .collect();
     layers.sort_by_key(|l| std::cmp::Reverse(l.bitrate));
     layers
+}
+
+/// The broadcast's `video` if it is live H.264 (known from its parameters): a track a viewer
+/// given H.264 made from another codec can take as it is.
+fn h264_source(broadcast: &BroadcastConsumer) -> Option<TrackConsumer> {
+    let look = broadcast.peek_track(tracks::VIDEO)?;
+    let h264 = matches!(
+        look.codec(),
+        Some(media::Codec::Video(VideoCodec::H264 { .. }))
+    );
+    // A counted consumer (`clone`), as the viewer will read it.
+    (h264 && !look.is_closed()).then(|| look.clone())
 }
 
 /// A joining viewer gets the cached group if it is recent; if it is old and the publisher can
@@ -778,6 +804,33 @@ async fn line_event(
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use media::{tracks, Bus, ChannelName, Codec, TrackLimits, VideoCodec};
+
+    /// A viewer of H.264 made from H.265 takes `video` only once it is H.264.
+    #[test]
+    fn only_an_h264_video_is_a_source_to_take() {
+        let bus = Bus::new(TrackLimits::default());
+        let broadcast = bus.publish(ChannelName::new("swap").unwrap()).unwrap();
+        let viewers = broadcast.consume();
+        assert!(super::h264_source(&viewers).is_none(), "no video yet");
+        let video = broadcast.create_track(tracks::VIDEO);
+        assert!(
+            super::h264_source(&viewers).is_none(),
+            "parameters not known"
+        );
+        video.set_codec(Codec::Video(VideoCodec::H265));
+        assert!(super::h264_source(&viewers).is_none(), "H.265");
+        video.set_codec(Codec::Video(VideoCodec::H264 {
+            sps: vec![Bytes::from_static(&[0x67])],
+            pps: vec![Bytes::from_static(&[0x68])],
+        }));
+        let taken = super::h264_source(&viewers).expect("H.264");
+        assert_eq!(taken.name(), tracks::VIDEO);
+        drop(video);
+        assert!(super::h264_source(&viewers).is_none(), "closed");
+    }
+
     /// Each viewer's task is one allocation of this future: it must hold the `Viewer` (str0m's
     /// `Rtc` is most of it) once, plus the loop's own state.
     #[test]

@@ -108,7 +108,9 @@ pub(super) async fn offer(
     // The layers of a ladder made here keyframe with the source, so what a resend dropped past
     // the cap, or an unpaced burst, loses costs a viewer at most a group; the cap also keeps
     // resends from flooding a squeezed link that pacing no longer guards. A WebRTC publisher's
-    // layers keyframe only on request: its viewers stay paced, resends uncapped (see the two).
+    // layers keyframe only on request: its viewers stay paced, resends uncapped (see
+    // `keep_for_resends` and `send_video_unpaced`). A ladder that starts later is followed by
+    // the viewer task (`Viewer::follow_own_ladder`).
     let own_ladder = layered && broadcast.transcoding().is_some();
     keep_for_resends(&mut rtc, &added, true, own_ladder);
     if own_ladder {
@@ -164,7 +166,7 @@ pub(super) async fn offer(
         joined: Instant::now(),
         rtp_mode,
         own_media,
-        resends_capped: own_ladder,
+        own_ladder,
         keys: None,
         video_track: transcoded_from.is_some().then_some(tracks::VIDEO_H264),
     };
