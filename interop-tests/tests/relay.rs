@@ -355,6 +355,142 @@ async fn h264_made_on_demand_at_the_origin_for_a_viewer_on_another_node() -> Res
     Ok(())
 }
 
+/// A publisher that reconnects to the origin within the grace period (OBS after a network
+/// blip) is watched on on another node: the origin goes on serving the channel's tracks to
+/// the relay from the publisher's new ones, and the viewer there plays on, on the same session
+/// (its timeline rebased on the publisher's new clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_another_node_plays_on_when_the_publisher_reconnects() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start()?;
+    let a = cluster.node_with(
+        "node-a",
+        "\n[relay]\ntier = \"primary\"\n[bus]\nreconnect_grace_secs = 20\n",
+    )?;
+    let b = relay_node(&cluster, "node-b", "primary")?;
+    b.wait_for(Duration::from_secs(10), || {
+        Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
+    })?;
+    let mut first = Ffmpeg::push_rtmp(&a.rtmp_url("blip"), FAST_X264)?;
+    b.wait_for(Duration::from_secs(30), || {
+        let (_, body) = b.get("/api/cluster/channels")?;
+        Ok(body.contains("blip"))
+    })?;
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&b.url("/watch/blip")).await?;
+    let playing = viewer.wait_playing(Duration::from_secs(30)).await?;
+    first.kill();
+    a.wait_for(Duration::from_secs(15), || {
+        Ok(a.channel("blip")?
+            .is_some_and(|c| c["state"] == "reconnecting"))
+    })?;
+    let away = viewer.player().await?;
+    let _again = Ffmpeg::push_rtmp(&a.rtmp_url("blip"), FAST_X264)?;
+    let pushed = Instant::now();
+    let back = num(&away, "video.framesDecoded") + 90.0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let later = loop {
+        let p = viewer.player().await?;
+        if num(&p, "video.framesDecoded") > back {
+            break p;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "B's viewer got nothing from the publisher back on A: {away} -> {p}; B has {}",
+            b.channel("blip")?.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!(
+        "Chromium on B: {} frames decoded when the publisher left A, {} {:.1} s after it \
+         pushed again",
+        num(&away, "video.framesDecoded"),
+        num(&later, "video.framesDecoded"),
+        pushed.elapsed().as_secs_f64()
+    );
+    ensure!(
+        later["sessions"] == playing["sessions"],
+        "the same session: {playing} -> {later}"
+    );
+    viewer.close().await
+}
+
+/// The same across nodes when the publisher changes codec: Chromium on B watches H.264 that A
+/// makes from H.265; the publisher comes back to A within the grace period in H.264, of which
+/// A makes no `h264.video` (B's pulled one stays open, silent), and the viewer on B plays on
+/// from `video` as it is, on the same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoded_viewer_on_another_node_plays_on_when_the_publisher_returns_in_h264(
+) -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start()?;
+    let a = cluster.node_with(
+        "node-a",
+        "\n[relay]\ntier = \"primary\"\n[bus]\nreconnect_grace_secs = 20\n",
+    )?;
+    let b = relay_node(&cluster, "node-b", "primary")?;
+    b.wait_for(Duration::from_secs(10), || {
+        Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
+    })?;
+    let x265 = [
+        "-c:v",
+        "libx265",
+        "-x265-params",
+        "bframes=0:keyint=30:log-level=error",
+    ];
+    let mut hevc = Ffmpeg::push_srt(&a.srt_url("publish:swap"), &x265, &["-c:a", "aac"])?;
+    b.wait_for(Duration::from_secs(30), || {
+        let (_, body) = b.get("/api/cluster/channels")?;
+        Ok(body.contains("swap")
+            && a.channel("swap")?
+                .is_some_and(|c| c.to_string().contains("H.265")))
+    })?;
+    let viewer = Browser::start().await?;
+    viewer.client.goto(&b.url("/watch/swap")).await?;
+    let first = viewer.wait_playing(Duration::from_secs(30)).await?;
+    ensure!(
+        first["layer"]["current"] == media::tracks::VIDEO_H264,
+        "Chromium on B gets H.264 made on A: {first}"
+    );
+    // SRT notices the publisher gone after its idle timeout; then it comes back over RTMP.
+    hevc.kill();
+    a.wait_for(Duration::from_secs(15), || {
+        Ok(a.channel("swap")?
+            .is_some_and(|c| c["state"] == "reconnecting"))
+    })?;
+    let away = viewer.player().await?;
+    let _h264 = Ffmpeg::push_rtmp(&a.rtmp_url("swap"), FAST_X264)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let later = loop {
+        let p = viewer.player().await?;
+        if p["layer"]["current"] == media::tracks::VIDEO
+            && num(&p, "video.framesDecoded") > num(&away, "video.framesDecoded") + 60.0
+        {
+            break p;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no H.264 from the publisher on B's viewer: {} {} -> {}; A has {}, B has {}",
+            away["layer"]["current"],
+            num(&away, "video.framesDecoded"),
+            p["layer"],
+            a.channel("swap")?.unwrap_or_default(),
+            b.channel("swap")?.unwrap_or_default(),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!(
+        "Chromium on B: {} frames decoded when the H.265 publisher left, {} back in H.264",
+        num(&away, "video.framesDecoded"),
+        num(&later, "video.framesDecoded")
+    );
+    ensure!(
+        later["sessions"] == first["sessions"],
+        "the same session: {first} -> {later}"
+    );
+    viewer.close().await
+}
+
 /// The IETF moq-transport reference: Cloudflare's `moq-transport` crate (draft 18, ALPN
 /// `moqt-18`, `interop-tests/moqt`, built by scripts/test) subscribes to a live channel on a
 /// node that trusts its certificate by fingerprint, and receives its objects; the same client

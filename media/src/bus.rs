@@ -150,6 +150,11 @@ impl Bus {
         }
     }
 
+    /// How long a broadcast waits for its publisher to come back.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
     /// Starts a broadcast on `name`; fails if the channel is already live. A publisher that
     /// comes back within the grace period resumes the same broadcast, so its viewers stay.
     pub fn publish(&self, name: ChannelName) -> Result<BroadcastProducer, BusError> {

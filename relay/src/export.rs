@@ -112,7 +112,11 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
         if on_demand && track.used().await.is_err() {
             break;
         }
-        let Some(consumer) = bus.track(&name) else {
+        // While the publisher is away (within the grace period), its next track of this
+        // name: the MoQ track goes on, so downstream nodes keep their subscription (moq-net
+        // answers later subscribers from a finished track, so it must not end). None once the
+        // broadcast is over.
+        let Some(consumer) = bus.live_track(&name).await else {
             break;
         };
         let ended = if on_demand {
@@ -125,6 +129,9 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
         };
         match ended {
             None => debug!(track = %name, "relay: no one downstream reads it now"),
+            Some(Ok(())) if !bus.is_closed() => {
+                debug!(track = %name, "relay: the publisher left; serving its next track");
+            }
             Some(ended) => {
                 if let Err(err) = ended {
                     debug!(%err, track = %name, "relay: downstream track ended");

@@ -111,6 +111,8 @@ enum Ended {
     Over,
     /// The upstream died, drained, refused or ended the track: try another path.
     Lost(String),
+    /// The channel has another origin now (its publisher came back elsewhere): pull from it.
+    Moved,
 }
 
 /// Runs one pull until it is unused or over; `state` tells waiting viewers when it is ready.
@@ -157,13 +159,24 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
             continue;
         };
         let was_ready = *state.borrow() == PullState::Ready;
-        let ended = attempt(&shared, &name, &upstream, &producer, &mut tracks, &state).await;
+        let ended = attempt(
+            &shared,
+            &name,
+            (&origin.id, &upstream),
+            &producer,
+            &mut tracks,
+            &state,
+        )
+        .await;
         match ended {
             Ended::Unused => {
                 debug!(channel = %name, "relay: pull unused; let go");
                 break;
             }
             Ended::Over => break,
+            Ended::Moved => {
+                info!(channel = %name, from = %origin.id, "relay: the channel moved to another origin");
+            }
             Ended::Lost(why) => {
                 if was_ready || *state.borrow() == PullState::Ready {
                     inc(&shared.metrics.failovers);
@@ -192,11 +205,12 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
     drop(producer);
 }
 
-/// Pulls through `upstream` until it fails or the pull is no longer wanted.
+/// Pulls the channel of `origin` through `upstream` until it fails or the pull is no longer
+/// wanted.
 async fn attempt(
     shared: &Arc<Shared>,
     name: &ChannelName,
-    upstream: &cluster::NodeInfo,
+    (origin, upstream): (&cluster::NodeId, &cluster::NodeInfo),
     producer: &BroadcastProducer,
     tracks: &mut HashMap<String, Pulled>,
     state: &watch::Sender<PullState>,
@@ -225,6 +239,7 @@ async fn attempt(
     let mut on_demand = OnDemandPull::default();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut idle_since: Option<Instant> = None;
+    let mut origin_gone: Option<Instant> = None;
     loop {
         tokio::select! {
             version = next_catalog(&mut catalog_sub) => match version {
@@ -265,8 +280,18 @@ async fn attempt(
                 forward_keyframe_requests(shared, name, upstream, tracks);
             }
             _ = tick.tick() => {
-                if shared.routing.origin(name).is_none() {
-                    return Ended::Over;
+                match shared.routing.origin(name) {
+                    // The publisher left the origin, its claim with it: it may come back
+                    // within the grace period (the origin serves its new tracks on the same
+                    // ones), or elsewhere.
+                    None => {
+                        let gone = origin_gone.get_or_insert_with(Instant::now);
+                        if gone.elapsed() > shared.bus.grace().max(GONE_AFTER) {
+                            return Ended::Over;
+                        }
+                    }
+                    Some(now) if &now.id != origin => return Ended::Moved,
+                    Some(_) => origin_gone = None,
                 }
                 if shared.routing.nodes().iter().any(|n| n.id == upstream.id && n.draining) {
                     return Ended::Lost("upstream draining".into());

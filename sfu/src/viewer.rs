@@ -482,7 +482,15 @@ impl Viewer {
 
     fn write(&mut self, c: &mut Counters, line: &mut Line, frame: Frame) {
         let Some(pt) = line.pt else { return };
-        let ts = line.timeline.map(frame.timestamp, frame.arrived);
+        let ts = line
+            .timeline
+            .map(frame.timestamp, frame.keyframe, frame.arrived);
+        if line.timeline.jumped() {
+            // A publisher back through a relay on the same track: str0m gets this frame's
+            // first packet, so its sender reports follow the new timeline.
+            debug!(kind = ?line.kind, "the source's clock jumped; timeline rebased");
+            line.rebased = true;
+        }
         let arrived = frame.arrived;
         let mut here = false;
         let written = match line.codec {
