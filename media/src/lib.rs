@@ -22,6 +22,7 @@ mod codec;
 mod frame;
 mod group;
 mod name;
+mod timeline;
 mod track;
 mod wakers;
 
@@ -30,6 +31,7 @@ pub use bus::{Bus, BusConfig, BusError, LiveBroadcast, Pull, Remote, TrackInfo};
 pub use codec::{AudioCodec, Codec, VideoCodec};
 pub use frame::{Derived, Frame};
 pub use name::{ChannelName, InvalidName};
+pub use timeline::Timeline;
 pub use track::{TrackConsumer, TrackLimits, TrackProducer, TrackStats};
 
 /// Well-known track names.

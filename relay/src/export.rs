@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use media::{tracks, BroadcastConsumer, ChannelName, Codec, TrackConsumer};
+use media::{tracks, BroadcastConsumer, ChannelName, Codec, Timeline, TrackConsumer};
 use moq_net::{broadcast, frame, origin, track, Timescale, Timestamp};
 use tracing::debug;
 
@@ -108,6 +108,9 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
     // node subscribes, so the transcoder stops when they all let go (the MoQ track stays, for
     // moq-net to answer a later subscriber from).
     let on_demand = name == tracks::VIDEO_H264;
+    // One clock across the publishers that feed the track: one back within the grace period
+    // starts its own again, and moq-net ages groups (and viewers downstream time frames) by it.
+    let mut timeline: Option<Timeline> = None;
     loop {
         if on_demand && track.used().await.is_err() {
             break;
@@ -119,13 +122,20 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
         let Some(consumer) = bus.live_track(&name).await else {
             break;
         };
+        let timeline = match timeline.as_mut() {
+            Some(t) => {
+                t.source_changed();
+                t
+            }
+            None => timeline.insert(Timeline::new(clock_rate(consumer.codec().as_ref()))),
+        };
         let ended = if on_demand {
             tokio::select! {
-                ended = pump(&shared, consumer, &track) => Some(ended),
+                ended = pump(&shared, consumer, &track, timeline) => Some(ended),
                 _ = track.unused() => None,
             }
         } else {
-            Some(pump(&shared, consumer, &track).await)
+            Some(pump(&shared, consumer, &track, timeline).await)
         };
         match ended {
             None => debug!(track = %name, "relay: no one downstream reads it now"),
@@ -144,11 +154,13 @@ async fn export_track(shared: Arc<Shared>, bus: BroadcastConsumer, request: trac
 }
 
 /// Copies a bus track into a MoQ track: a group per bus group (from a keyframe), each frame
-/// a wire header and the payload (not copied), until the bus track ends.
+/// a wire header and the payload (not copied), until the bus track ends; timestamps on
+/// `timeline`.
 async fn pump(
     shared: &Shared,
     mut consumer: TrackConsumer,
     track: &track::Producer,
+    timeline: &mut Timeline,
 ) -> Result<(), moq_net::Error> {
     let clock = clock_rate(consumer.codec().as_ref());
     let mut group: Option<moq_net::group::Producer> = None;
@@ -162,10 +174,10 @@ async fn pump(
         let Some(open) = group.as_mut() else {
             continue;
         };
-        let header = wire::header(frame.timestamp, frame.keyframe);
+        let ts = timeline.map(frame.timestamp, frame.keyframe, frame.arrived);
+        let header = wire::header(ts, frame.keyframe);
         let size = (header.len() + frame.payload.len()) as u64;
-        let timestamp =
-            Timestamp::from_scale(frame.timestamp, clock).unwrap_or_else(|_| Timestamp::now());
+        let timestamp = Timestamp::from_scale(ts, clock).unwrap_or_else(|_| Timestamp::now());
         let mut out = open.create_frame(frame::Info { size, timestamp })?;
         out.write(header)?;
         out.write(frame.payload.clone())?;

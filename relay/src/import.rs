@@ -111,8 +111,6 @@ enum Ended {
     Over,
     /// The upstream died, drained, refused or ended the track: try another path.
     Lost(String),
-    /// The channel has another origin now (its publisher came back elsewhere): pull from it.
-    Moved,
 }
 
 /// Runs one pull until it is unused or over; `state` tells waiting viewers when it is ready.
@@ -134,8 +132,13 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
     loop {
         avoid.retain(|(_, since)| since.elapsed() < AVOID_FOR);
         let Some(origin) = shared.routing.origin(&name) else {
+            // A pulled channel's publisher may come back to its origin within the grace period.
             let gone = gone_since.get_or_insert_with(Instant::now);
-            if gone.elapsed() > GONE_AFTER || *state.borrow() == PullState::Starting {
+            let wait = match *state.borrow() {
+                PullState::Ready => shared.bus.grace().max(GONE_AFTER),
+                _ => GONE_AFTER,
+            };
+            if gone.elapsed() > wait || *state.borrow() == PullState::Starting {
                 break;
             }
             tokio::time::sleep(backoff).await;
@@ -174,9 +177,6 @@ pub(crate) async fn run(shared: Arc<Shared>, name: ChannelName, state: watch::Se
                 break;
             }
             Ended::Over => break,
-            Ended::Moved => {
-                info!(channel = %name, from = %origin.id, "relay: the channel moved to another origin");
-            }
             Ended::Lost(why) => {
                 if was_ready || *state.borrow() == PullState::Ready {
                     inc(&shared.metrics.failovers);
@@ -290,7 +290,10 @@ async fn attempt(
                             return Ended::Over;
                         }
                     }
-                    Some(now) if &now.id != origin => return Ended::Moved,
+                    // Back on another node: the pull ends, and viewers here hear the stream
+                    // ended (their players join again); following it would need the new
+                    // origin's tracks, not ours.
+                    Some(now) if &now.id != origin => return Ended::Over,
                     Some(_) => origin_gone = None,
                 }
                 if shared.routing.nodes().iter().any(|n| n.id == upstream.id && n.draining) {

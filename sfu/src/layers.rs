@@ -1,7 +1,4 @@
-//! Simulcast layer choice for one viewer, and the timeline that keeps RTP timestamps moving
-//! forward across layer switches and publisher reconnects. Pure: time comes in as arguments.
-
-use std::time::{Duration, Instant};
+//! Simulcast layer choice for one viewer. Pure.
 
 use serde::Serialize;
 
@@ -75,82 +72,8 @@ pub(crate) fn choose<'a>(
         .map(|l| l.name.as_str())
 }
 
-/// A source whose timestamps land further than this from where its last frame and the wall
-/// clock put them started its clock again (a stalled link that delivers late frames in a
-/// burst may pass it too, and is rebased like a new source).
-const CLOCK_JUMP: Duration = Duration::from_secs(3);
-
-/// Maps a source's timestamps onto one continuous output timeline: when the source changes
-/// (another layer, a reconnected publisher), the first frame of the new source is placed after
-/// the last frame sent by the wall-clock time between them. A source can also change under the
-/// same track: a publisher back within the grace period, seen through a relay whose track goes
-/// on. Its clock shows it: a keyframe at or before a frame already sent (B-frames reorder only
-/// within a group), or a frame [`CLOCK_JUMP`] away from where the wall clock puts it.
-#[derive(Debug)]
-pub(crate) struct Timeline {
-    clock_rate: u64,
-    offset: i64,
-    /// The last frame's output timestamp, and when it arrived.
-    last: Option<(u64, Instant)>,
-    /// The highest output timestamp so far (B-frames come out of order).
-    highest: u64,
-    rebase: bool,
-    /// The last frame mapped found the source's clock jumped, and rebased.
-    jumped: bool,
-}
-
-impl Timeline {
-    pub(crate) fn new(clock_rate: u64) -> Self {
-        Self {
-            clock_rate,
-            offset: 0,
-            last: None,
-            highest: 0,
-            rebase: false,
-            jumped: false,
-        }
-    }
-
-    /// The next frame comes from a new source.
-    pub(crate) fn source_changed(&mut self) {
-        self.rebase = true;
-    }
-
-    /// The output timestamp of a frame with source timestamp `ts` that arrived at `arrived`.
-    pub(crate) fn map(&mut self, ts: u64, keyframe: bool, arrived: Instant) -> u64 {
-        let rebase = std::mem::take(&mut self.rebase);
-        self.jumped = false;
-        if let Some((_, at)) = self.last {
-            let elapsed = arrived.saturating_duration_since(at);
-            let target = self.highest + self.ticks(elapsed).max(1);
-            let out = ts as i64 + self.offset;
-            self.jumped = !rebase
-                && ((keyframe && out <= self.highest as i64)
-                    || out.abs_diff(target as i64) > self.ticks(CLOCK_JUMP));
-            if rebase || self.jumped {
-                self.offset = target as i64 - ts as i64;
-            }
-        }
-        let out = (ts as i64 + self.offset).max(0) as u64;
-        self.last = Some((out, arrived));
-        self.highest = self.highest.max(out);
-        out
-    }
-
-    /// Whether the last frame mapped was rebased because the source's clock jumped.
-    pub(crate) fn jumped(&self) -> bool {
-        self.jumped
-    }
-
-    fn ticks(&self, d: Duration) -> u64 {
-        d.as_micros() as u64 * self.clock_rate / 1_000_000
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn layers() -> Vec<Layer> {
@@ -237,48 +160,5 @@ mod tests {
             Some("video.l"),
             "an unknown preference is ignored"
         );
-    }
-
-    #[test]
-    fn timeline_continues_across_sources() {
-        let t0 = Instant::now();
-        let mut t = Timeline::new(90_000);
-        assert_eq!(t.map(1_000, true, t0), 1_000);
-        assert_eq!(t.map(4_000, false, t0 + Duration::from_millis(33)), 4_000);
-        // A reconnected publisher starts again at 0, 2 s later.
-        t.source_changed();
-        let at = t0 + Duration::from_millis(2_033);
-        assert_eq!(t.map(0, true, at), 4_000 + 180_000);
-        assert_eq!(t.map(3_000, false, at + Duration::from_millis(33)), 187_000);
-        // A layer with a far-off clock.
-        t.source_changed();
-        let next = t.map(9_000_000_000, true, at + Duration::from_millis(66));
-        assert_eq!(next, 187_000 + 2_970);
-        assert!(!t.jumped(), "a new source is no jump");
-    }
-
-    #[test]
-    fn a_source_clock_that_jumps_is_a_new_source() {
-        let t0 = Instant::now();
-        let mut t = Timeline::new(90_000);
-        assert_eq!(t.map(900_000, true, t0), 900_000);
-        // B-frames: a frame 100 ms behind the last is reordered, not a jump.
-        let b = t0 + Duration::from_millis(33);
-        assert_eq!(t.map(900_000 - 9_000, false, b), 891_000);
-        assert!(!t.jumped());
-        // The publisher came back through a relay on the same track, its clock half a second
-        // behind (seen in a test), 1.5 s on: its keyframe goes after what was sent.
-        let back = b + Duration::from_millis(1_500);
-        assert_eq!(t.map(855_000, true, back), 900_000 + 135_000);
-        assert!(t.jumped());
-        assert_eq!(
-            t.map(858_000, false, back + Duration::from_millis(33)),
-            1_038_000
-        );
-        assert!(!t.jumped());
-        // ... or far ahead, at any frame.
-        let later = back + Duration::from_millis(66);
-        assert_eq!(t.map(50_000_000, false, later), 1_038_000 + 2_970);
-        assert!(t.jumped());
     }
 }

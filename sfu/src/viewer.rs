@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use media::{tracks, BroadcastConsumer, Frame, TrackConsumer, VideoCodec};
+use media::{tracks, BroadcastConsumer, Frame, Timeline, TrackConsumer, VideoCodec};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec;
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::egress::Path;
 use crate::latency::Latency;
-use crate::layers::{choose, Layer, LayerStatus, Timeline};
+use crate::layers::{choose, Layer, LayerStatus};
 use crate::media_out::{self, MediaOut};
 use crate::peer::{apply_ice, Control, PeerIo};
 use crate::rtp_out;
