@@ -1002,6 +1002,19 @@ impl Browser {
         Ok((viewer, state))
     }
 
+    /// The player's state once it shows the track its video comes from (the page asks the
+    /// session's layer endpoint now and then, so it can lag the first frames).
+    pub async fn player_with_layer(&self) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = self.player().await?;
+            if p["layer"]["current"].is_string() || Instant::now() > deadline {
+                return Ok(p);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until the page's player decodes video and receives audio; its state then.
     pub async fn wait_playing(&self, limit: Duration) -> Result<Value> {
         let deadline = Instant::now() + limit;

@@ -313,7 +313,8 @@ async fn a_transcoded_viewer_plays_on_when_the_publisher_returns_in_h264() -> Re
     let sender = publish_hevc(&server, "swap", 1800, stop.clone())?;
     let browser = interop_tests::Browser::start().await?;
     browser.client.goto(&server.url("/watch/swap")).await?;
-    let first = decoded_past(&browser, 0.0, "Chromium decoded nothing").await?;
+    decoded_past(&browser, 0.0, "Chromium decoded nothing").await?;
+    let first = browser.player_with_layer().await?;
     ensure!(
         first["layer"]["current"] == tracks::VIDEO_H264,
         "Chromium gets H.264 made for it: {first}"

@@ -46,6 +46,42 @@ fn relay_node(cluster: &Cluster, id: &str, tier: &str) -> Result<Server> {
     cluster.node_with(id, &format!("\n[relay]\ntier = \"{tier}\"\n"))
 }
 
+/// Origin A (primary, with `a_config` added) and primary B, once each knows the other.
+fn origin_and_puller(cluster: &Cluster, a_config: &str) -> Result<(Server, Server)> {
+    let a = cluster.node_with(
+        "node-a",
+        &format!("\n[relay]\ntier = \"primary\"\n{a_config}"),
+    )?;
+    let b = relay_node(cluster, "node-b", "primary")?;
+    b.wait_for(Duration::from_secs(10), || {
+        Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
+    })?;
+    Ok((a, b))
+}
+
+/// ffmpeg pushing H.265 (libx265, no B-frames) over SRT to `channel` on A, once B lists the
+/// channel and A says it is H.265.
+fn push_hevc(a: &Server, b: &Server, channel: &str) -> Result<Ffmpeg> {
+    let x265 = [
+        "-c:v",
+        "libx265",
+        "-x265-params",
+        "bframes=0:keyint=30:log-level=error",
+    ];
+    let ffmpeg = Ffmpeg::push_srt(
+        &a.srt_url(&format!("publish:{channel}")),
+        &x265,
+        &["-c:a", "aac"],
+    )?;
+    b.wait_for(Duration::from_secs(30), || {
+        let (_, body) = b.get("/api/cluster/channels")?;
+        Ok(body.contains(channel)
+            && a.channel(channel)?
+                .is_some_and(|c| c.to_string().contains("H.265")))
+    })?;
+    Ok(ffmpeg)
+}
+
 /// The nodes `server`'s routing table lists with a relay certificate.
 fn relay_nodes(server: &Server) -> Result<Vec<String>> {
     let (_, body) = server.get("/api/nodes")?;
@@ -291,27 +327,8 @@ async fn a_viewer_on_a_primary_sees_a_webrtc_publisher_on_the_origin_at_once() -
 async fn h264_made_on_demand_at_the_origin_for_a_viewer_on_another_node() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start()?;
-    let a = cluster.node_with(
-        "node-a",
-        "\n[relay]\ntier = \"primary\"\n[transcode]\non_demand_idle_secs = 2\n",
-    )?;
-    let b = relay_node(&cluster, "node-b", "primary")?;
-    b.wait_for(Duration::from_secs(10), || {
-        Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
-    })?;
-    let x265 = [
-        "-c:v",
-        "libx265",
-        "-x265-params",
-        "bframes=0:keyint=30:log-level=error",
-    ];
-    let _ffmpeg = Ffmpeg::push_srt(&a.srt_url("publish:hevc"), &x265, &["-c:a", "aac"])?;
-    b.wait_for(Duration::from_secs(30), || {
-        let (_, body) = b.get("/api/cluster/channels")?;
-        Ok(body.contains("hevc")
-            && a.channel("hevc")?
-                .is_some_and(|c| c.to_string().contains("H.265")))
-    })?;
+    let (a, b) = origin_and_puller(&cluster, "[transcode]\non_demand_idle_secs = 2\n")?;
+    let _ffmpeg = push_hevc(&a, &b, "hevc")?;
     let (frames, _) =
         interop_tests::watch_h265(&b, "hevc", Instant::now() + Duration::from_secs(4))?;
     ensure!(frames >= 60, "{frames} H.265 frames on B");
@@ -363,14 +380,7 @@ async fn h264_made_on_demand_at_the_origin_for_a_viewer_on_another_node() -> Res
 async fn a_viewer_on_another_node_plays_on_when_the_publisher_reconnects() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start()?;
-    let a = cluster.node_with(
-        "node-a",
-        "\n[relay]\ntier = \"primary\"\n[bus]\nreconnect_grace_secs = 20\n",
-    )?;
-    let b = relay_node(&cluster, "node-b", "primary")?;
-    b.wait_for(Duration::from_secs(10), || {
-        Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
-    })?;
+    let (a, b) = origin_and_puller(&cluster, "[bus]\nreconnect_grace_secs = 20\n")?;
     let mut first = Ffmpeg::push_rtmp(&a.rtmp_url("blip"), FAST_X264)?;
     b.wait_for(Duration::from_secs(30), || {
         let (_, body) = b.get("/api/cluster/channels")?;
@@ -424,30 +434,12 @@ async fn a_transcoded_viewer_on_another_node_plays_on_when_the_publisher_returns
 ) -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start()?;
-    let a = cluster.node_with(
-        "node-a",
-        "\n[relay]\ntier = \"primary\"\n[bus]\nreconnect_grace_secs = 20\n",
-    )?;
-    let b = relay_node(&cluster, "node-b", "primary")?;
-    b.wait_for(Duration::from_secs(10), || {
-        Ok(relay_nodes(&b)?.len() == 2 && relay_nodes(&a)?.len() == 2)
-    })?;
-    let x265 = [
-        "-c:v",
-        "libx265",
-        "-x265-params",
-        "bframes=0:keyint=30:log-level=error",
-    ];
-    let mut hevc = Ffmpeg::push_srt(&a.srt_url("publish:swap"), &x265, &["-c:a", "aac"])?;
-    b.wait_for(Duration::from_secs(30), || {
-        let (_, body) = b.get("/api/cluster/channels")?;
-        Ok(body.contains("swap")
-            && a.channel("swap")?
-                .is_some_and(|c| c.to_string().contains("H.265")))
-    })?;
+    let (a, b) = origin_and_puller(&cluster, "[bus]\nreconnect_grace_secs = 20\n")?;
+    let mut hevc = push_hevc(&a, &b, "swap")?;
     let viewer = Browser::start().await?;
     viewer.client.goto(&b.url("/watch/swap")).await?;
-    let first = viewer.wait_playing(Duration::from_secs(30)).await?;
+    viewer.wait_playing(Duration::from_secs(30)).await?;
+    let first = viewer.player_with_layer().await?;
     ensure!(
         first["layer"]["current"] == media::tracks::VIDEO_H264,
         "Chromium on B gets H.264 made on A: {first}"
